@@ -1,0 +1,3 @@
+"""vcam-talker: one portrait and a live voice in, a talking-head virtual webcam out."""
+
+__version__ = "0.1.0"

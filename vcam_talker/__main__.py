@@ -1,0 +1,3 @@
+from vcam_talker.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""The `vcam-talker` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from vcam_talker import __version__
+from vcam_talker import config as config_mod
+from vcam_talker.errors import ConfigError, VcamError
+
+log = logging.getLogger("vcam_talker")
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """--config, then $VCAM_TALKER_CONFIG, ./config.yaml, ~/.config/vcam-talker/config.yaml;
+    None means the embedded defaults."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("VCAM_TALKER_CONFIG")
+    if env:
+        return Path(env)
+    for p in (Path("config.yaml"), Path.home() / ".config" / "vcam-talker" / "config.yaml"):
+        if p.is_file():
+            return p
+    return None
+
+
+def load_config(args: argparse.Namespace) -> config_mod.Config:
+    cfg = config_mod.load(find_config(getattr(args, "config", None)))
+    # command-line overrides go through the same validation as the file
+    over: dict = {}
+    if getattr(args, "engine", None):
+        over.setdefault("engine", {})["name"] = args.engine
+    if getattr(args, "fps", None) is not None:
+        over.setdefault("video", {})["fps"] = args.fps
+    if getattr(args, "size", None):
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--size: must be WIDTHxHEIGHT, e.g. 512x512, got {args.size!r}") from None
+        over.setdefault("video", {}).update(width=w, height=h)
+    if over:
+        merged = config_mod.to_dict(cfg)
+        for section, values in over.items():
+            merged[section].update(values)
+        cfg = config_mod.from_dict(merged, source=cfg.source)
+    return cfg
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from vcam_talker.render import render_file
+
+    cfg = load_config(args)
+    res = render_file(cfg, Path(args.audio), Path(args.out), Path(args.avatar) if args.avatar else None,
+                      progress=not args.quiet)
+    print(f"wrote {res.out}: {res.frames} frames at {res.fps} fps, {res.audio_seconds:.2f} s of audio, "
+          f"{res.wall_s:.2f} s wall ({res.realtime_factor:.1f}x real time; prepare {res.prepare_s:.2f} s)")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from vcam_talker.engines import create_engine
+
+    cfg = load_config(args)
+    engine = create_engine(cfg)
+    t = time.perf_counter()
+    av = engine.prepare(Path(args.image))
+    ms = (time.perf_counter() - t) * 1e3
+    info = dict(av.info)
+    if args.json:
+        print(json.dumps({"face_box": [round(v, 1) for v in av.face_box],
+                          "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in av.landmarks],
+                          "from_cache": av.from_cache, "ms": round(ms, 2), **info}))
+        return 0
+    print(f"avatar {args.image} for engine {engine.name}: "
+          f"{'loaded from cache' if av.from_cache else 'prepared'} in {ms:.1f} ms")
+    print(f"  faces found: {info.get('faces')} (detector {info.get('detector')}, score {info.get('detector_score')})")
+    print(f"  face box in frame ({av.size[0]}x{av.size[1]}): " + ", ".join(f"{v:.0f}" for v in av.face_box))
+    print(f"  face box in image: {info.get('source_face_box')}, roll {info.get('roll_deg')} deg, scale {info.get('scale')}")
+    lm = av.landmarks
+    print(f"  68 landmarks: jaw {lm[0].round(1).tolist()}..{lm[16].round(1).tolist()}, "
+          f"eyes {lm[36:48].mean(0).round(1).tolist()}, mouth {lm[48:68].mean(0).round(1).tolist()}")
+    for note in info.get("notes", []):
+        print(f"  note: {note}")
+    print(f"  timing ms: {info.get('timing_ms')}")
+    print(f"  cache: {info.get('cache_file') or 'disabled or unwritable'}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = Path(args.path) if args.path else find_config(None)
+    cfg = config_mod.load(path)
+    where = path if path else "embedded defaults"
+    print(f"{where}: valid (engine {cfg.engine.name}, {cfg.video.width}x{cfg.video.height} at "
+          f"{cfg.video.fps} fps, avatar {cfg.avatar_path()})")
+    if not cfg.avatar_path().is_file():
+        print(f"warning: avatar.image: file not found: {cfg.avatar_path()}")
+        return 1
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from vcam_talker.devices import list_audio_devices, list_video_devices
+
+    audio_ok = True
+    print("audio devices:")
+    try:
+        for d in list_audio_devices():
+            io = ", ".join(k for k, v in (("in", d["inputs"]), ("out", d["outputs"])) if v)
+            print(f"  [{d['index']}] {d['name']} ({io}; {d['rate']:.0f} Hz){' *default' if d['default'] else ''}")
+    except VcamError as exc:
+        audio_ok = False
+        print(f"  unavailable: {exc}")
+    print("video devices (v4l2):")
+    vids = list_video_devices()
+    for v in vids:
+        kind = "v4l2loopback" if v["loopback"] else "camera"
+        print(f"  {v['path']}: {v['name']} ({kind})")
+    if not any(v["loopback"] for v in vids):
+        print("  no v4l2loopback device: sudo modprobe v4l2loopback video_nr=10 "
+              'card_label="VCam Talker" exclusive_caps=1')
+    return 0 if audio_ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vcam-talker", description=__doc__ or "")
+    p.description = ("Animate a portrait photo from speech and publish it as a webcam. "
+                     "Config: --config, $VCAM_TALKER_CONFIG, ./config.yaml, "
+                     "~/.config/vcam-talker/config.yaml, or the embedded defaults.")
+    p.add_argument("--version", action="version", version=f"vcam-talker {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    r = sub.add_parser("render", help="render a speech file to an mp4 (offline)",
+                       description="Render a speech file and an avatar to an H.264/AAC mp4, "
+                                   "with the same engine and windowing as the live daemon.")
+    r.add_argument("--audio", required=True, help="speech file (WAV/FLAC/OGG, any rate)")
+    r.add_argument("--out", required=True, help="output .mp4")
+    r.add_argument("--avatar", help="portrait image (default: avatar.image from the config)")
+    r.add_argument("--config", help="config.yaml to use")
+    r.add_argument("--engine", help="override engine.name")
+    r.add_argument("--fps", type=int, help="override video.fps")
+    r.add_argument("--size", help="override video size, WIDTHxHEIGHT")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_render)
+
+    pr = sub.add_parser("prepare", help="precompute an avatar into the cache",
+                        description="Detect the face and landmarks, frame and precompute an avatar "
+                                    "for the configured engine, store it in the cache, and print what was found.")
+    pr.add_argument("image", help="portrait image")
+    pr.add_argument("--config", help="config.yaml to use")
+    pr.add_argument("--engine", help="override engine.name")
+    pr.add_argument("--size", help="override video size, WIDTHxHEIGHT")
+    pr.add_argument("--json", action="store_true", help="print JSON (all 68 landmarks)")
+    pr.set_defaults(func=cmd_prepare)
+
+    c = sub.add_parser("check-config", help="validate a config file",
+                       description="Validate config.yaml (or PATH); exit 0 when valid, "
+                                   "1 with a one-line reason naming the field otherwise.")
+    c.add_argument("path", nargs="?", help="config file (default: the one the daemon would use)")
+    c.set_defaults(func=cmd_check_config)
+
+    d = sub.add_parser("devices", help="list audio devices and v4l2 (loopback) video devices",
+                       description="List the audio devices PortAudio sees and the v4l2 video devices, "
+                                   "marking v4l2loopback ones.")
+    d.set_defaults(func=cmd_devices)
+
+    try:
+        from vcam_talker.weights import add_cli
+    except ImportError:
+        pass
+    else:
+        add_cli(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="vcam-talker: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except VcamError as exc:
+        print(f"vcam-talker: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vcam-talker: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""The config.yaml schema, as dataclasses, and its validating loader.
+
+Every field declares its constraint in ``metadata``; the loader walks the dataclasses,
+so the schema is written once. Errors name the field path and the bad value, e.g.
+``video.fps: must be 1..60, got 0``; unknown keys get the closest known key as a hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vcam_talker.errors import ConfigError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_ROOT.parent
+DEFAULT_AVATAR = PROJECT_ROOT / "avatars" / "default.png"
+DEFAULT_CONFIG = PROJECT_ROOT / "config.yaml"
+
+
+def _f(default: Any, *, range: tuple | None = None, choices: tuple | None = None,
+       even: bool = False) -> Any:
+    meta = {"range": range, "choices": choices, "even": even}
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class AvatarConfig:
+    image: str = _f("default")
+    face_scale: float = _f(0.35, range=(0.1, 0.9))
+    max_side: int = _f(2048, range=(256, 8192))
+    landmarks: str = _f("auto", choices=("auto", "dlib", "face-alignment"))
+
+
+@dataclass
+class ClassicConfig:
+    mouth_gain: float = _f(1.0, range=(0.0, 3.0))
+    attack_ms: float = _f(25.0, range=(0.0, 500.0))
+    release_ms: float = _f(70.0, range=(0.0, 1000.0))
+    silence_db: float = _f(-45.0, range=(-90.0, 0.0))
+    blink_min_s: float = _f(2.0, range=(0.5, 30.0))
+    blink_max_s: float = _f(6.0, range=(0.5, 60.0))
+    sway: float = _f(1.0, range=(0.0, 3.0))
+    seed: int = _f(0, range=(0, 2**31 - 1))
+
+
+@dataclass
+class EngineConfig:
+    name: str = _f("classic", choices=("classic", "sadtalker"))
+    lookahead_ms: float = _f(60.0, range=(0.0, 1000.0))
+    classic: ClassicConfig = field(default_factory=ClassicConfig)
+
+
+@dataclass
+class VideoConfig:
+    width: int = _f(512, range=(64, 3840), even=True)
+    height: int = _f(512, range=(64, 2160), even=True)
+    fps: int = _f(25, range=(1, 60))
+
+
+@dataclass
+class CacheConfig:
+    dir: str = _f("~/.cache/vcam-talker")
+    enabled: bool = _f(True)
+
+
+@dataclass
+class Config:
+    avatar: AvatarConfig = field(default_factory=AvatarConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    log_level: str = _f("info", choices=("debug", "info", "warning", "error"))
+    #: the file this config came from; relative paths in it resolve against its folder
+    source: Path | None = field(default=None, compare=False, metadata={"internal": True})
+
+    def avatar_path(self) -> Path:
+        """The avatar image path: ``default`` is the bundled portrait."""
+        if self.avatar.image == "default":
+            return DEFAULT_AVATAR
+        p = Path(self.avatar.image).expanduser()
+        if not p.is_absolute() and self.source is not None:
+            p = self.source.parent / p
+        return p
+
+    def cache_dir(self) -> Path:
+        """``$VCAM_TALKER_CACHE`` overrides ``cache.dir``."""
+        return Path(os.environ.get("VCAM_TALKER_CACHE") or self.cache.dir).expanduser()
+
+
+def _describe(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _check_scalar(path: str, typ: Any, meta: dict, value: Any) -> tuple[Any, str | None]:
+    """Returns (converted value, error or None)."""
+    if typ is bool:
+        if not isinstance(value, bool):
+            return value, f"{path}: must be true or false, got {_describe(value)}"
+        return value, None
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return value, f"{path}: must be an integer, got {_describe(value)}"
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value, f"{path}: must be a number, got {_describe(value)}"
+        value = float(value)
+        if value != value:
+            return value, f"{path}: must be a number, got nan"
+    elif typ is str:
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            return value, f"{path}: must be a string, got {_describe(value)}"
+        value = str(value)
+    rng, choices = meta.get("range"), meta.get("choices")
+    if rng is not None and not (rng[0] <= value <= rng[1]):
+        return value, f"{path}: must be {rng[0]}..{rng[1]}, got {_describe(value)}"
+    if choices is not None and value not in choices:
+        return value, f"{path}: must be one of {', '.join(choices)}, got {_describe(value)}"
+    if meta.get("even") and value % 2:
+        return value, f"{path}: must be even (video encoders need it), got {value}"
+    return value, None
+
+
+def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors.append(f"{path or 'config'}: must be a mapping of keys, got {type(data).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        kpath = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(fields)})"
+            errors.append(f"{kpath}: unknown key{hint}")
+            continue
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value, kpath, errors)
+            continue
+        converted, err = _check_scalar(kpath, typ, fields[key].metadata, value)
+        if err:
+            errors.append(err)
+        else:
+            kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config, errors: list[str]) -> None:
+    c = cfg.engine.classic
+    if c.blink_min_s > c.blink_max_s:
+        errors.append(
+            f"engine.classic.blink_min_s: must not exceed blink_max_s ({c.blink_max_s}), got {c.blink_min_s}"
+        )
+
+
+def from_dict(data: Any, source: Path | None = None) -> Config:
+    """Validate a parsed YAML document; raises ConfigError listing every problem in one line."""
+    errors: list[str] = []
+    cfg = _build(Config, data, "", errors)
+    cfg.source = source
+    _cross_checks(cfg, errors)
+    if errors:
+        where = f"{source}: " if source else ""
+        raise ConfigError(where + "; ".join(errors))
+    return cfg
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Load and validate a config file; ``None`` means the embedded defaults."""
+    if path is None:
+        return Config()
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
+    return from_dict(data, source=p.resolve())
+
+
+def to_dict(cfg: Config) -> dict:
+    d = dataclasses.asdict(cfg)
+    d.pop("source", None)
+    return d

@@ -1,0 +1,52 @@
+"""The interface every engine implements.
+
+An engine is resident: it is built once, ``prepare`` turns an avatar image into an
+engine-specific :class:`PreparedAvatar` (cached on disk, heavy, may run in a
+background thread), and ``render`` turns one :class:`AudioWindow` into one frame for
+a given prepared avatar. Passing the avatar to ``render`` is what makes an avatar
+swap atomic: the caller switches the reference between two frames.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from vcam_talker.avatar.prepared import PreparedAvatar
+from vcam_talker.frames import AudioWindow, WindowSpec
+
+
+class Engine(ABC):
+    #: the name used in config.yaml and in cache keys
+    name: str = ""
+
+    @property
+    @abstractmethod
+    def window_spec(self) -> WindowSpec:
+        """The audio each ``render`` call needs around its frame time."""
+
+    @property
+    @abstractmethod
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the frames ``render`` returns."""
+
+    @abstractmethod
+    def prepare(self, image_path: str) -> PreparedAvatar:
+        """Load, detect, crop and precompute an avatar (through the cache).
+
+        Raises AvatarError with a one-line reason on bad input.
+        """
+
+    @abstractmethod
+    def render(self, window: AudioWindow, avatar: PreparedAvatar) -> np.ndarray:
+        """One frame for ``window``: HxWx3 uint8 RGB at ``frame_size``.
+
+        Calls come in frame order; the engine may keep motion state between them.
+        """
+
+    def reset(self) -> None:
+        """Forget motion state (a new stream starts)."""
+
+    def close(self) -> None:
+        """Release resources (threads, GPU memory)."""

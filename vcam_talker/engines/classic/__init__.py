@@ -1,0 +1,1 @@
+"""The classic engine: audio features → motion model → landmark-driven warp. CPU, offline."""

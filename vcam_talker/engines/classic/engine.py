@@ -1,0 +1,72 @@
+"""ClassicEngine: the embedded default engine."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from vcam_talker.avatar import PreparedAvatar, prepare_avatar
+from vcam_talker.avatar.landmarks import LandmarkDetector
+from vcam_talker.config import Config
+from vcam_talker.engines.base import Engine
+from vcam_talker.engines.classic.motion import Motion, MotionModel
+from vcam_talker.engines.classic.renderer import Renderer, build_rig
+from vcam_talker.frames import AudioWindow, WindowSpec
+
+SAMPLE_RATE = 16000
+#: audio context before the frame time that the features look at
+BEFORE_S = 0.05
+#: bump when build_rig's arrays change meaning
+RIG_VERSION = "rig-1"
+
+
+class ClassicEngine(Engine):
+    name = "classic"
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._spec = WindowSpec(SAMPLE_RATE, BEFORE_S, config.engine.lookahead_ms / 1000.0)
+        self.motion = MotionModel(config.engine.classic, config.video.fps, SAMPLE_RATE,
+                                  self._spec.before, self._spec.after)
+        self._detector: LandmarkDetector | None = None
+        # renderers for the current and the incoming avatar during a swap
+        self._renderers: OrderedDict[int, Renderer] = OrderedDict()
+
+    @property
+    def window_spec(self) -> WindowSpec:
+        return self._spec
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.config.video.width, self.config.video.height
+
+    def prepare(self, image_path: str | Path) -> PreparedAvatar:
+        return prepare_avatar(Path(image_path), self.config, self.name,
+                              precompute=lambda av: build_rig(av.image, av.landmarks),
+                              detector=self.detector, cache_tag=RIG_VERSION)
+
+    def detector(self) -> LandmarkDetector:
+        if self._detector is None:
+            self._detector = LandmarkDetector(self.config.avatar.landmarks)
+        return self._detector
+
+    def renderer(self, avatar: PreparedAvatar) -> Renderer:
+        key = id(avatar)
+        r = self._renderers.get(key)
+        if r is None or r.image is not avatar.image:
+            r = Renderer(avatar.image, avatar.data)
+            self._renderers[key] = r
+            while len(self._renderers) > 2:
+                self._renderers.popitem(last=False)
+        return r
+
+    def motion_for(self, window: AudioWindow) -> Motion:
+        return self.motion.step(window.samples, window.t)
+
+    def render(self, window: AudioWindow, avatar: PreparedAvatar) -> np.ndarray:
+        return self.renderer(avatar).render(self.motion_for(window))
+
+    def reset(self) -> None:
+        self.motion.reset()

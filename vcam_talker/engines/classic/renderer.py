@@ -1,0 +1,317 @@
+"""Landmark-driven warping of the photo.
+
+Each frame is an inverse map (output pixel → source pixel) over the head region only,
+built from three parts:
+
+- head sway: a small rotation/translation, feathered to nothing at the head's edge;
+- mouth and jaw: a *column model*. For every image column under the nose, seven knots
+  (philtrum, upper outer lip, upper inner lip, lower inner lip, lower outer lip, jaw
+  line, neck) move vertically, and the column is mapped piecewise-linearly between
+  them. The segment between the inner lips is where the mouth opens: it is painted as
+  a cavity (dark interior, teeth band). The source's own gap (teeth in a smile) is never
+  shown, which is how an open-mouthed photo closes in silence;
+- eyelids: the same column model per eye; the upper lid slides down over the eye and
+  the skin above it stretches.
+
+Lip spreading/rounding is a horizontal scaling around the mouth centre.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from vcam_talker.engines.classic.motion import Motion
+
+UPPER_OUTER = [48, 49, 50, 51, 52, 53, 54]
+LOWER_OUTER = [48, 59, 58, 57, 56, 55, 54]
+UPPER_INNER = [60, 61, 62, 63, 64]
+LOWER_INNER = [60, 67, 66, 65, 64]
+JAW = list(range(3, 14))
+
+
+def _curve(lm: np.ndarray, ids: list[int], xs: np.ndarray) -> np.ndarray:
+    """y of the polyline through landmarks ``ids`` (sorted by x) at columns xs; held flat past its ends."""
+    pts = lm[ids]
+    order = np.argsort(pts[:, 0], kind="stable")
+    px, py = pts[order, 0], pts[order, 1]
+    px = np.maximum.accumulate(px + np.arange(len(px)) * 1e-3)  # strictly increasing for interp
+    return np.interp(xs, px, py).astype(np.float32)
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+def build_rig(image: np.ndarray, lm: np.ndarray) -> dict[str, np.ndarray]:
+    """Everything per-avatar the renderer needs, as arrays (so it can be cached).
+
+    image: HxWx3 uint8; lm: 68x2 float32 in image pixels.
+    """
+    H, W = image.shape[:2]
+    lm = lm.astype(np.float32)
+    brow = lm[17:27].mean(0)
+    chin = lm[8]
+    face_h = float(np.linalg.norm(chin - brow)) * 1.25
+    face_w = float(lm[16, 0] - lm[0, 0])
+    mouth_w = float(lm[54, 0] - lm[48, 0])
+
+    # head region: the only part recomputed per frame
+    x0 = int(max(0, math.floor(lm[:, 0].min() - 0.3 * face_w)))
+    x1 = int(min(W, math.ceil(lm[:, 0].max() + 0.3 * face_w)))
+    y0 = int(max(0, math.floor(lm[:, 1].min() - 0.6 * face_h)))
+    y1 = int(min(H, math.ceil(chin[1] + 0.45 * face_h)))
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    c = np.array([(x0 + x1) / 2, (y0 + y1) / 2], np.float32)
+    r = np.sqrt(((xs - c[0]) / ((x1 - x0) / 2)) ** 2 + ((ys - c[1]) / ((y1 - y0) / 2)) ** 2)
+    feather = _smoothstep((1.0 - r) / 0.35).astype(np.float32)
+    pivot = np.array([chin[0], chin[1] + 0.25 * face_h], np.float32)  # the neck
+
+    # mouth/jaw column model over the jaw's width, with margin for sway shifts
+    mx0 = int(max(x0, math.floor(lm[3, 0])))
+    mx1 = int(min(x1, math.ceil(lm[13, 0]) + 1))
+    grid = np.arange(mx0 - 16, mx1 + 16, dtype=np.float32)
+    k0 = np.full_like(grid, lm[33, 1] + 0.35 * (lm[51, 1] - lm[33, 1]))
+    jaw = _curve(lm, JAW, grid)
+    knots = np.stack([
+        k0,
+        _curve(lm, UPPER_OUTER, grid),
+        _curve(lm, UPPER_INNER, grid),
+        _curve(lm, LOWER_INNER, grid),
+        _curve(lm, LOWER_OUTER, grid),
+        jaw,
+        jaw + 0.3 * face_h,
+    ])
+    knots = np.maximum.accumulate(knots, axis=0)
+    my0 = int(max(y0, math.floor(knots[0].min()) - 1))
+    my1 = int(min(y1, math.ceil(knots[-1].max()) + 2))
+    mouth_c = np.array([(lm[48, 0] + lm[54, 0]) / 2, lm[[62, 66], 1].mean()], np.float32)
+    inner_half = max((lm[64, 0] - lm[60, 0]) / 2, 2.0) * 1.05
+    # jaw follows the chin fully and fades towards the jaw angles
+    jaw_w = np.clip(1 - ((grid - chin[0]) / (0.5 * (lm[13, 0] - lm[3, 0]))) ** 2, 0, 1) ** 0.7
+    # lip motion fades out past the mouth corners
+    lip_w = _smoothstep(1.0 - (np.abs(grid - mouth_c[0]) - mouth_w / 2) / (0.25 * mouth_w))
+    # horizontal spreading: a band around the lips, fading above and below
+    rows = np.arange(my0, my1, dtype=np.float32)
+    band = _smoothstep(1.0 - np.abs(rows - mouth_c[1]) / (0.6 * face_h * 0.35))
+
+    # eyes: [top anchor, upper lid, lower lid] per column
+    eyes = []
+    for ids_u, ids_l, brow_ids in (([36, 37, 38, 39], [36, 41, 40, 39], [17, 18, 19, 20, 21]),
+                                   ([42, 43, 44, 45], [42, 47, 46, 45], [22, 23, 24, 25, 26])):
+        ex0 = int(math.floor(lm[ids_u[0], 0]) - 3)
+        ex1 = int(math.ceil(lm[ids_u[-1], 0]) + 4)
+        eg = np.arange(ex0, ex1, dtype=np.float32)
+        up = _curve(lm, ids_u, eg)
+        lo = np.maximum(_curve(lm, ids_l, eg), up)
+        top = up - 0.6 * np.maximum(up - _curve(lm, brow_ids, eg), 2.0)
+        ey0 = int(math.floor(top.min()) - 1)
+        ey1 = int(math.ceil(lo.max()) + 2)
+        eyes.append((np.array([ex0, ex1, ey0, ey1], np.int32), np.stack([top, up, lo])))
+
+    # colours for the mouth cavity, taken from this face
+    lip_pts = lm[[50, 52, 56, 58]].astype(int)
+    lip = np.mean([image[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].reshape(-1, 3).mean(0)
+                   for x, y in lip_pts], axis=0)
+    cheek_pts = (lm[[2, 14]] * 0.6 + lm[[30, 30]] * 0.4).astype(int)
+    cheek = np.mean([image[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4].reshape(-1, 3).mean(0)
+                     for x, y in cheek_pts], axis=0)
+
+    return {
+        "head_box": np.array([x0, y0, x1, y1], np.int32),
+        "head_feather": feather,
+        "head_pivot": pivot,
+        "scales": np.array([face_h, face_w, mouth_w, inner_half], np.float32),
+        "mouth_box": np.array([mx0, mx1, my0, my1], np.int32),
+        "mouth_grid": grid,
+        "mouth_knots": knots.astype(np.float32),
+        "mouth_center": mouth_c,
+        "jaw_w": jaw_w.astype(np.float32),
+        "lip_w": lip_w.astype(np.float32),
+        "lip_band": band.astype(np.float32),
+        "eye_boxes": np.stack([e[0] for e in eyes]),
+        "eye0_curves": eyes[0][1].astype(np.float32),
+        "eye1_curves": eyes[1][1].astype(np.float32),
+        "colors": np.stack([lip, cheek]).astype(np.float32),
+    }
+
+
+def column_delta(knots_out: np.ndarray, knots_src: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Vertical inverse displacement of a piecewise-linear column map.
+
+    knots_out, knots_src: KxW, non-decreasing along K (an empty output segment is a jump).
+    y: Hx1 output rows. Returns HxW (source y − output y); zero outside the knots.
+    """
+    d_out = np.diff(knots_out, axis=0)
+    slope = np.where(d_out > 1e-3, np.diff(knots_src, axis=0) / np.maximum(d_out, 1e-3), 1.0)
+    offset = knots_src[:-1] - knots_out[:-1] * slope
+    seg = (y[None] >= knots_out[1:-1, None, :]).sum(0)
+    cols = np.arange(knots_out.shape[1])[None, :]
+    src = offset[seg, cols] + slope[seg, cols] * y
+    inside = (y >= knots_out[:1]) & (y < knots_out[-1:])
+    return np.where(inside, src - y, 0.0).astype(np.float32)
+
+
+class Renderer:
+    """Warps a prepared avatar by a :class:`Motion`. Stateless apart from scratch buffers."""
+
+    def __init__(self, image: np.ndarray, rig: dict[str, np.ndarray]):
+        self.image = image
+        self.rig = rig
+        x0, y0, x1, y1 = (int(v) for v in rig["head_box"])
+        self.head = (x0, y0, x1, y1)
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        f = rig["head_feather"]
+        px, py = rig["head_pivot"]
+        self.base_x, self.base_y = xs, ys
+        self.f, self.fx, self.fy = f, f * (xs - px), f * (ys - py)
+        face_h, face_w, mouth_w, inner_half = (float(v) for v in rig["scales"])
+        self.face_h, self.mouth_w, self.inner_half = face_h, mouth_w, inner_half
+        self.eyes = [(tuple(int(v) for v in box), rig[f"eye{i}_curves"])
+                     for i, box in enumerate(rig["eye_boxes"])]
+
+    def _sway_at(self, m: Motion, x: float, y: float) -> tuple[float, float]:
+        """Inverse sway displacement at a point where the feather is 1."""
+        s = self.face_h / 100.0
+        th = math.radians(m.sway_deg)
+        px, py = self.rig["head_pivot"]
+        return (-(m.sway_x * s) + th * (y - py), -(m.sway_y * s) - th * (x - px))
+
+    def render(self, m: Motion) -> np.ndarray:
+        """One HxWx3 uint8 frame for motion ``m``."""
+        out = self.image.copy()
+        x0, y0, x1, y1 = self.head
+        s = self.face_h / 100.0
+        th = math.radians(m.sway_deg)
+        map_x = self.base_x - (m.sway_x * s) * self.f + th * self.fy
+        map_y = self.base_y - (m.sway_y * s) * self.f - th * self.fx
+
+        poly = self._mouth(m, map_x, map_y)
+        self._eyes(m, map_x, map_y)
+        out[y0:y1, x0:x1] = cv2.remap(self.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        if poly is not None:
+            self._paint_cavity(out, *poly)
+        return out
+
+    def _mouth(self, m: Motion, map_x: np.ndarray, map_y: np.ndarray):
+        rig = self.rig
+        mx0, mx1, my0, my1 = (int(v) for v in rig["mouth_box"])
+        x0, y0 = self.head[0], self.head[1]
+        cx, cy = (float(v) for v in rig["mouth_center"])
+        dxc, dyc = self._sway_at(m, cx, cy)
+        grid = rig["mouth_grid"]
+        cols = np.arange(mx0, mx1, dtype=np.float32)
+        qx = cols + dxc
+        # lip spreading (+) / rounding (−): source column for each face column
+        sw = 0.10 * m.width - 0.14 * m.round
+        lip_w = np.interp(qx, grid, rig["lip_w"])
+        rx = cx + (qx - cx) / (1.0 + sw * lip_w)
+        ks = np.stack([np.interp(rx, grid, k) for k in rig["mouth_knots"]])
+        jaw_w = np.interp(rx, grid, rig["jaw_w"])
+        lw = np.interp(rx, grid, rig["lip_w"])
+
+        # target inner-lip gap: an ellipse across the inner mouth, narrower when rounded
+        half = self.inner_half * (1.0 + sw) * (1.0 - 0.25 * m.round)
+        prof = np.sqrt(np.clip(1.0 - ((rx - cx) / half) ** 2, 0.0, 1.0))
+        gap_out = m.open * (0.36 + 0.1 * m.round) * self.mouth_w * prof
+        delta = gap_out - (ks[3] - ks[2])
+        d_center = float(np.interp(cx, rx, delta))
+        disp = np.stack([
+            np.zeros_like(rx),
+            -0.15 * delta * lw,
+            -0.25 * delta,
+            0.75 * delta,
+            0.65 * delta * lw,
+            0.6 * max(d_center, -0.5 * self.mouth_w) * jaw_w,
+            np.zeros_like(rx),
+        ])
+        ko = np.maximum.accumulate(ks + disp, axis=0)
+        # the opening samples the inner lip edges (a row inside each lip), never the
+        # source's own gap: its teeth would show through the cavity's soft edge
+        mid = 0.5 * (ko[2] + ko[3])
+        ko9 = np.stack([ko[0], ko[1], ko[2], mid, mid, ko[3], ko[4], ko[5], ko[6]])
+        top_edge = np.maximum(ks[2] - 0.8, ks[1])
+        bot_edge = np.minimum(ks[3] + 0.8, ks[4])
+        ks9 = np.stack([ks[0], ks[1], top_edge, top_edge, bot_edge, bot_edge, ks[4], ks[5], ks[6]])
+        yv = np.arange(my0, my1, dtype=np.float32)[:, None] + dyc
+        dy = column_delta(ko9, ks9, yv)
+        dx = (rx - qx)[None, :] * rig["lip_band"][:, None]
+        sl = (slice(my0 - y0, my1 - y0), slice(mx0 - x0, mx1 - x0))
+        map_x[sl] += dx
+        map_y[sl] += dy
+
+        if gap_out.max() < 0.3:
+            return None
+        # cavity outline in output coordinates
+        inner = (rx >= cx - half) & (rx <= cx + half)
+        if inner.sum() < 2:
+            return None
+        px = cols[inner]
+        return px, ko[2][inner] - dyc, ko[3][inner] - dyc
+
+    def _eyes(self, m: Motion, map_x: np.ndarray, map_y: np.ndarray) -> None:
+        if m.blink <= 0.01:
+            return
+        x0, y0 = self.head[0], self.head[1]
+        for (ex0, ex1, ey0, ey1), (top, up, lo) in self.eyes:
+            cx, cy = (ex0 + ex1) / 2, (ey0 + ey1) / 2
+            dxc, dyc = self._sway_at(m, cx, cy)
+            grid = np.arange(ex0, ex1, dtype=np.float32)
+            qx = grid + dxc
+            t, u, lw = (np.interp(qx, grid, a) for a in (top, up, lo))
+            lid = u + m.blink * 0.85 * (lw - u)
+            ks = np.stack([t, u, lid, lw])
+            ko = np.stack([t, lid, lid, lw])
+            yv = np.arange(ey0, ey1, dtype=np.float32)[:, None] + dyc
+            dy = column_delta(ko, ks, yv)
+            map_y[ey0 - y0:ey1 - y0, ex0 - x0:ex1 - x0] += dy
+
+    def _paint_cavity(self, out: np.ndarray, px: np.ndarray, top: np.ndarray, bot: np.ndarray) -> None:
+        """Dark mouth interior with an upper teeth band (and a hint of lower teeth and
+        tongue when wide open), shaded by this face's own colours."""
+        H, W = out.shape[:2]
+        pts = np.concatenate([np.stack([px, top], 1), np.stack([px[::-1], bot[::-1]], 1)])
+        bx0 = int(max(0, math.floor(px.min()) - 2))
+        bx1 = int(min(W, math.ceil(px.max()) + 3))
+        by0 = int(max(0, math.floor(top.min()) - 2))
+        by1 = int(min(H, math.ceil(bot.max()) + 3))
+        if bx1 <= bx0 or by1 <= by0:
+            return
+        mask = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
+        poly = np.round((pts - [bx0, by0]) * 16).astype(np.int32)
+        cv2.fillPoly(mask, [poly], 255, lineType=cv2.LINE_AA, shift=4)
+        # soft lip edge: a hard polygon edge reads as a cut-out
+        alpha = cv2.GaussianBlur(mask, (3, 3), 0.7).astype(np.float32)[..., None] / 255.0
+        if alpha.max() == 0:
+            return
+
+        cols = np.arange(bx0, bx1, dtype=np.float32)
+        yt = np.interp(cols, px, top)[None, :]
+        yb = np.interp(cols, px, bot)[None, :]
+        gap = np.maximum(yb - yt, 1e-3)
+        rows = np.arange(by0, by1, dtype=np.float32)[:, None]
+        u = (rows - yt) / gap  # 0 at the upper inner lip, 1 at the lower
+        lip, cheek = self.rig["colors"]
+        light = float(np.clip(cheek.mean() / 170.0, 0.55, 1.25))
+        mid = (px.min() + px.max()) / 2
+        halfw = max((px.max() - px.min()) / 2, 1.0)
+        lateral = np.sqrt(np.clip(1.0 - ((cols - mid) / halfw) ** 2, 0, 1))[None, :]
+        # deep red-brown, darkest at the back of the mouth and towards the corners
+        depth = (0.45 + 0.55 * np.abs(2 * u - 1) ** 1.5) * (0.55 + 0.45 * lateral)
+        col = (lip * np.array([0.42, 0.2, 0.22]))[None, None, :] * depth[..., None]
+        tongue = np.clip((u - 0.6) * 2.5, 0, 1) * np.clip((gap - 0.25 * self.mouth_w) / (0.1 * self.mouth_w), 0, 1)
+        col += (tongue * lateral)[..., None] * (lip * np.array([0.62, 0.3, 0.32]) - col)
+        teeth = np.array([212.0, 203.0, 190.0]) * light
+        th = min(0.07 * self.mouth_w, 0.45 * float(gap.max()))
+        below_lip = rows - yt
+        upper = _smoothstep((th - below_lip) / 1.5) * _smoothstep(below_lip / 1.2) * lateral ** 0.7
+        shade = (0.7 + 0.3 * np.clip(below_lip / max(th, 1.0), 0, 1))[..., None]
+        lower = (_smoothstep((0.4 * th - (yb - rows)) / 1.2) * 0.7 * lateral
+                 * np.clip((gap - 2.5 * th) / th, 0, 1))
+        col += lower[..., None] * (teeth * 0.75 - col)
+        col += upper[..., None] * (teeth * shade - col)
+        roi = out[by0:by1, bx0:bx1].astype(np.float32)
+        out[by0:by1, bx0:bx1] = np.clip(roi + alpha * (col - roi), 0, 255).astype(np.uint8)

@@ -1,0 +1,1 @@
+"""Cutting the audio stream into per-frame windows for the engine."""

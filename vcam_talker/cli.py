@@ -16,6 +16,8 @@ from vcam_talker.errors import ConfigError, VcamError
 
 log = logging.getLogger("vcam_talker")
 
+DEMO_SPEECH = Path(__file__).resolve().parent / "data" / "demo_speech.wav"
+
 
 def find_config(explicit: str | None) -> Path | None:
     """--config, then $VCAM_TALKER_CONFIG, ./config.yaml, ~/.config/vcam-talker/config.yaml;
@@ -140,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("render", help="render a speech file to an mp4 (offline)",
                        description="Render a speech file and an avatar to an H.264/AAC mp4, "
                                    "with the same engine and windowing as the live daemon.")
-    r.add_argument("--audio", required=True, help="speech file (WAV/FLAC/OGG, any rate)")
-    r.add_argument("--out", required=True, help="output .mp4")
+    r.add_argument("--audio", default=str(DEMO_SPEECH),
+                   help="speech file (WAV/FLAC/OGG, any rate; default: a bundled demo sentence)")
+    r.add_argument("--out", default="vcam-talker-demo.mp4", help="output .mp4 (default: %(default)s)")
     r.add_argument("--avatar", help="portrait image (default: avatar.image from the config)")
     r.add_argument("--config", help="config.yaml to use")
     r.add_argument("--engine", help="override engine.name")

@@ -263,8 +263,12 @@ class Renderer:
             qx = grid + dxc
             t, u, lw = (np.interp(qx, grid, a) for a in (top, up, lo))
             lid = u + m.blink * 0.85 * (lw - u)
-            ks = np.stack([t, u, lid, lw])
-            ko = np.stack([t, lid, lid, lw])
+            # the lid's skin comes from above the crease; crease and lashes are squeezed
+            # into a thin line at the lid's edge, as on a real closed eye
+            lash = 0.35 * (u - t)
+            lash_out = lash * (1.0 - 0.6 * m.blink)
+            ks = np.stack([t, u - lash, u, lid, lw])
+            ko = np.stack([t, lid - lash_out, lid, lid, lw])
             yv = np.arange(ey0, ey1, dtype=np.float32)[:, None] + dyc
             dy = column_delta(ko, ks, yv)
             map_y[ey0 - y0:ey1 - y0, ex0 - x0:ex1 - x0] += dy

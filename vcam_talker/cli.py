@@ -130,6 +130,44 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0 if audio_ok else 1
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from vcam_talker.daemon import Daemon
+
+    cfg = load_config(args)
+    if args.demo:
+        try:
+            from vcam_talker.audio.virtual import setup_virtual_mic
+
+            setup_virtual_mic()
+        except VcamError as exc:
+            log.warning("virtual mic not created: %s", exc)
+    daemon = Daemon(cfg, demo=args.demo)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    daemon.start()
+    try:
+        while not stop.wait(0.2):
+            if args.duration and time.monotonic() - daemon.started_at >= args.duration:
+                break
+    finally:
+        t = time.monotonic()
+        daemon.stop(timeout=1.5)
+        log.info("stopped in %.2f s; %s", time.monotonic() - t, daemon.status_line())
+    return 0
+
+
+def cmd_setup_audio(args: argparse.Namespace) -> int:
+    from vcam_talker.audio.virtual import setup_virtual_mic
+
+    result = setup_virtual_mic(undo=args.undo)
+    print(result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vcam-talker", description=__doc__ or "")
     p.description = ("Animate a portrait photo from speech and publish it as a webcam. "
@@ -173,6 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the audio devices PortAudio sees and the v4l2 video devices, "
                                    "marking v4l2loopback ones.")
     d.set_defaults(func=cmd_devices)
+
+    rn = sub.add_parser("run", help="run the daemon: audio in, virtual camera and delayed mic out",
+                        description="Capture speech, animate the avatar, publish frames to the virtual camera "
+                                    "(or record them when there is none) and play the speech, delayed to match "
+                                    "the video, into the virtual mic. Stops cleanly on SIGINT/SIGTERM.")
+    rn.add_argument("--config", help="config.yaml to use")
+    rn.add_argument("--demo", action="store_true",
+                    help="loop a bundled speech clip as input (and create the virtual mic if missing)")
+    rn.add_argument("--engine", help="override engine.name")
+    rn.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until stopped)")
+    rn.set_defaults(func=cmd_run)
+
+    sa = sub.add_parser("setup-audio", help="create (or --undo) the 'VCam Talker Mic' virtual microphone",
+                        description="Create the null sink vcam_talker_mic and a source named 'VCam Talker Mic' "
+                                    "in the running PulseAudio/PipeWire via pactl. Idempotent.")
+    sa.add_argument("--undo", action="store_true", help="remove what setup-audio created")
+    sa.set_defaults(func=cmd_setup_audio)
 
     try:
         from vcam_talker.weights import add_cli

@@ -68,6 +68,41 @@ class VideoConfig:
 
 
 @dataclass
+class AudioConfig:
+    input: str = _f("default")
+    output: str = _f("vcam_talker_mic")
+    trim_ms: float = _f(0.0, range=(-500.0, 500.0))
+    block_ms: float = _f(10.0, range=(2.0, 100.0))
+
+
+@dataclass
+class VirtualCamConfig:
+    enabled: bool = _f(True)
+    device: str = _f("")
+    fmt: str = _f("RGB", choices=("RGB", "BGR", "I420", "NV12", "YUYV", "UYVY", "GRAY"))
+    backend: str = _f("")
+
+
+@dataclass
+class FfmpegSinkConfig:
+    enabled: bool = _f(False)
+    target: str = _f("")
+    crf: int = _f(23, range=(0, 51))
+
+
+@dataclass
+class SinksConfig:
+    virtualcam: VirtualCamConfig = field(default_factory=VirtualCamConfig)
+    ffmpeg: FfmpegSinkConfig = field(default_factory=FfmpegSinkConfig)
+    fallback_record: str = _f("~/Videos/vcam-talker-live.mp4")
+
+
+@dataclass
+class StatusConfig:
+    interval_s: float = _f(5.0, range=(0.5, 3600.0))
+
+
+@dataclass
 class CacheConfig:
     dir: str = _f("~/.cache/vcam-talker")
     enabled: bool = _f(True)
@@ -78,6 +113,9 @@ class Config:
     avatar: AvatarConfig = field(default_factory=AvatarConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     log_level: str = _f("info", choices=("debug", "info", "warning", "error"))
     #: the file this config came from; relative paths in it resolve against its folder
@@ -159,6 +197,11 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
 
 
 def _cross_checks(cfg: Config, errors: list[str]) -> None:
+    t = cfg.sinks.ffmpeg.target
+    if cfg.sinks.ffmpeg.enabled and not t:
+        errors.append("sinks.ffmpeg.target: must name a file or an rtmp:// or srt:// URL when enabled, got ''")
+    if "://" in t and not t.startswith(("rtmp://", "rtmps://", "srt://")):
+        errors.append(f"sinks.ffmpeg.target: only rtmp://, rtmps:// and srt:// URLs are supported, got {t!r}")
     c = cfg.engine.classic
     if c.blink_min_s > c.blink_max_s:
         errors.append(

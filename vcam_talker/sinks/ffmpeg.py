@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from vcam_talker.errors import VcamError
+from vcam_talker.sinks.base import Sink
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +82,81 @@ class FfmpegFileSink:
         else:
             self.proc.kill()
             self.proc.wait()
+
+
+class FfmpegLiveSink(Sink):
+    """Records the live output with its delayed audio to a file, or streams it to an
+    rtmp:// or srt:// URL. Video comes on stdin, audio (s16le mono) through a second pipe;
+    the pacer writes both per tick, so they stay in step in the container."""
+
+    name = "ffmpeg"
+    wants_audio = True
+
+    def __init__(self, target: str, size: tuple[int, int], fps: int, sample_rate: int, crf: int = 23):
+        self.target = target
+        self.size = size
+        self.fps = fps
+        self.sample_rate = sample_rate
+        self.crf = crf
+        self.proc = None
+        self.frames = 0
+        self.samples = 0
+
+    def open(self) -> None:
+        import os
+
+        w, h = self.size
+        is_url = "://" in self.target
+        if not is_url:
+            path = Path(self.target).expanduser()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise VcamError(f"sinks.ffmpeg.target: cannot create {path.parent} ({exc.strerror})") from None
+            out = [str(path)]
+            fmt = ["-movflags", "+frag_keyframe+empty_moov"]  # playable even if the daemon dies
+        else:
+            out = [self.target]
+            fmt = ["-f", "flv"] if self.target.startswith("rtmp") else ["-f", "mpegts"]
+        r, self._audio_w = os.pipe()
+        # both inputs are raw with known formats: no probing, which would wait for
+        # seconds of audio while the video pipe fills up (a deadlock)
+        noprobe = ["-probesize", "32", "-analyzeduration", "0", "-thread_queue_size", "64"]
+        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+               *noprobe, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(self.fps), "-i", "pipe:0",
+               *noprobe, "-f", "s16le", "-ar", str(self.sample_rate), "-ac", "1", "-i", f"pipe:{r}",
+               "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-crf", str(self.crf),
+               "-pix_fmt", "yuv420p", "-g", str(2 * self.fps), "-c:a", "aac", "-b:a", "128k", *fmt, *out]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(r,))
+        os.close(r)
+        self._audio = os.fdopen(self._audio_w, "wb", buffering=0)
+
+    def send(self, frame, audio: np.ndarray | None = None) -> None:
+        # audio first, and always some: ffmpeg opens its audio input only after the first
+        # video frame and blocks until audio arrives, while our next video write waits
+        if audio is None:
+            audio = np.zeros(self.sample_rate // self.fps, np.float32)
+        if len(audio):
+            self._audio.write((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+            self.samples += len(audio)
+        self.proc.stdin.write(np.ascontiguousarray(frame.image).tobytes())
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        for f in (self._audio, self.proc.stdin):
+            try:
+                f.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    @property
+    def detail(self) -> str:
+        return f"ffmpeg -> {self.target}"

@@ -1,0 +1,58 @@
+"""A pyvirtualcam backend that records what a meeting app would read from the camera:
+each frame (or a crop of it) and the monotonic time it was sent. Registered through
+pyvirtualcam's own ``register_backend`` hook, because this kernel has no v4l2loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pyvirtualcam
+
+BACKEND = "recording"
+
+
+class RecordingCamera:
+    #: the instances made by pyvirtualcam.Camera, newest last (the test reads them)
+    instances: list["RecordingCamera"] = []
+    #: (y0, y1, x0, x1) to keep of each frame; None keeps a 1/4-size copy
+    crop: tuple[int, int, int, int] | None = None
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw):
+        self.width, self.height, self.fps = width, height, fps
+        self._device = device or "recording-cam"
+        self.times: list[float] = []
+        self.frames: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        RecordingCamera.instances.append(self)
+
+    def send(self, frame: np.ndarray) -> None:
+        t = time.monotonic()
+        img = frame.reshape(self.height, self.width, 3)
+        if self.crop is not None:
+            y0, y1, x0, x1 = self.crop
+            keep = img[y0:y1, x0:x1].copy()
+        else:
+            keep = img[::4, ::4].copy()
+        with self._lock:
+            self.times.append(t)
+            self.frames.append(keep)
+
+    def close(self) -> None:
+        pass
+
+    def device(self) -> str:
+        return self._device
+
+    def native_fourcc(self):
+        return None
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return np.array(self.times), np.array(self.frames)
+
+
+def register() -> None:
+    RecordingCamera.instances.clear()
+    pyvirtualcam.register_backend(BACKEND, RecordingCamera)

@@ -1,0 +1,246 @@
+"""The live video path: engine worker → frame store → pacer → sinks.
+
+Clocks: the capture ring maps every audio sample index to the monotonic time it was
+captured. Frame i shows the audio instant c_i (its window centre). The pacer emits frame
+i at ``time_of(c_i) + delay``, where ``delay`` is measured from how long frames take to be
+ready (capture, lookahead, render), so audio played with the same delay leaves together
+with the frame that shows it.
+
+Threads (each named, each hand-off bounded):
+- ``vcam-engine``: renders frames in order as their audio windows complete; when it
+  falls behind the pacer it skips windows (counted) instead of queueing stale work.
+- ``vcam-pacer``: ticks at exactly ``fps`` on the monotonic clock; each tick sends the
+  frame for the audio now due, or repeats the last one (counted). Audio is never dropped:
+  audio sinks get every sample, whatever happened to the frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vcam_talker.frames import VideoFrame
+from vcam_talker.stream.windows import Windower
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineStats:
+    frames_rendered: int = 0
+    frames_emitted: int = 0
+    frames_repeated: int = 0
+    windows_skipped: int = 0
+    engine_errors: int = 0
+    engine_ms: deque = field(default_factory=lambda: deque(maxlen=500))
+    ready_s: deque = field(default_factory=lambda: deque(maxlen=500))
+    emit_times: deque = field(default_factory=lambda: deque(maxlen=500))
+
+    def snapshot(self) -> dict:
+        ms = np.array(self.engine_ms) if self.engine_ms else np.zeros(1)
+        et = np.array(self.emit_times)
+        fps = (len(et) - 1) / (et[-1] - et[0]) if len(et) > 2 and et[-1] > et[0] else 0.0
+        return {"fps": round(float(fps), 2), "engine_ms_p50": round(float(np.percentile(ms, 50)), 2),
+                "engine_ms_p95": round(float(np.percentile(ms, 95)), 2),
+                "frames_emitted": self.frames_emitted, "frames_rendered": self.frames_rendered,
+                "frames_repeated": self.frames_repeated, "windows_skipped": self.windows_skipped,
+                "engine_errors": self.engine_errors}
+
+
+class FrameStore:
+    """The most recent rendered frames by index (bounded)."""
+
+    def __init__(self, capacity: int = 16):
+        self._frames: OrderedDict[int, VideoFrame] = OrderedDict()
+        self._cap = capacity
+        self._lock = threading.Lock()
+
+    def put(self, frame: VideoFrame) -> None:
+        with self._lock:
+            self._frames[frame.index] = frame
+            while len(self._frames) > self._cap:
+                self._frames.popitem(last=False)
+
+    def get(self, index: int) -> VideoFrame | None:
+        """Frame ``index``, else the newest older one (the caller marks it repeated)."""
+        with self._lock:
+            f = self._frames.get(index)
+            if f is not None:
+                return f
+            older = [i for i in self._frames if i < index]
+            return self._frames[max(older)] if older else None
+
+    def newest(self) -> int:
+        with self._lock:
+            return next(reversed(self._frames), -1)
+
+
+class DelayEstimator:
+    """The pipeline delay: a high percentile of 'frame ready − audio captured', plus a
+    margin. It rises at once when frames come late and falls slowly, so the audio delay
+    (which follows it) changes rarely."""
+
+    def __init__(self, initial_s: float, margin_s: float, floor_s: float):
+        self.value = initial_s
+        self.margin = margin_s
+        self.floor = floor_s
+        self._samples: deque[float] = deque(maxlen=250)
+        self._settled = False
+        self._lock = threading.Lock()
+
+    def observe(self, ready_s: float) -> None:
+        with self._lock:
+            self._samples.append(ready_s)
+            if ready_s + self.margin > self.value:
+                self.value = ready_s + self.margin
+
+    def update(self) -> float:
+        """Called about once a second: relax towards p98 + margin."""
+        with self._lock:
+            if len(self._samples) >= 25:
+                target = max(float(np.percentile(self._samples, 98)) + self.margin, self.floor)
+                if not self._settled:  # the first second of measurements replaces the guess
+                    self.value, self._settled = target, True
+                elif target < self.value:
+                    self.value = max(target, self.value - 0.002)
+            return self.value
+
+
+class EngineWorker(threading.Thread):
+    """Renders frame after frame as soon as each frame's audio window is complete."""
+
+    def __init__(self, *, ring, windower: Windower, render: Callable, store: FrameStore,
+                 stats: PipelineStats, delay: DelayEstimator, due_index: Callable[[], int],
+                 stop: threading.Event, on_error: Callable[[Exception], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(name="vcam-engine", daemon=True)
+        self.ring, self.windower, self.render = ring, windower, render
+        self.store, self.stats, self.delay = store, stats, delay
+        self.due_index = due_index
+        self.stop_event = stop
+        self.on_error = on_error
+        self.clock = clock
+        self.next_index = 0
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            i = self.next_index
+            due = self.due_index()
+            if due - i > 2:  # behind: skip to what the pacer needs next, do not queue stale work
+                self.stats.windows_skipped += due - i
+                i = due
+            need = self.windower.end_sample(i)
+            if not self.ring.wait_for(need, timeout=0.1):
+                continue
+            window = self.windower.window(i)
+            t0 = self.clock()
+            try:
+                image = self.render(window)
+            except Exception as exc:  # one bad frame must not take the camera away
+                self.stats.engine_errors += 1
+                if self.on_error:
+                    self.on_error(exc)
+                self.next_index = i + 1
+                continue
+            t1 = self.clock()
+            self.stats.engine_ms.append((t1 - t0) * 1e3)
+            self.stats.frames_rendered += 1
+            ready = t1 - self.ring.time_of(self.windower.center(i))
+            self.stats.ready_s.append(ready)
+            self.delay.observe(ready)
+            self.store.put(VideoFrame(index=i, t=window.t, image=image))
+            self.next_index = i + 1
+
+
+class Pacer(threading.Thread):
+    """Emits exactly ``fps`` frames per second to the sinks."""
+
+    def __init__(self, *, ring, windower: Windower, fps: int, store: FrameStore, sinks: list,
+                 stats: PipelineStats, delay: DelayEstimator, stop: threading.Event,
+                 idle_image: Callable[[], np.ndarray], on_tick: Callable[[float], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        super().__init__(name="vcam-pacer", daemon=True)
+        self.ring, self.windower, self.fps = ring, windower, fps
+        self.store, self.sinks, self.stats, self.delay = store, sinks, stats, delay
+        self.stop_event = stop
+        self.idle_image = idle_image
+        self.on_tick = on_tick
+        self.clock, self.sleep = clock, sleep
+        self.rate = windower.spec.sample_rate
+        self._due = 0
+        self._audio_pos: int | None = None
+        self._last: VideoFrame | None = None
+        self.sink_errors: dict[str, int] = {}
+
+    def due_index(self) -> int:
+        return self._due
+
+    def _due_sample(self, now: float) -> int | None:
+        """The stream sample whose emit time is ``now``; None before any audio."""
+        end = self.ring.end
+        if end <= 0:
+            return None
+        ref = end - 1
+        return int(ref + (now - self.delay.value - self.ring.time_of(ref)) * self.rate)
+
+    def run(self) -> None:
+        period = 1.0 / self.fps
+        t0 = self.clock()
+        k = 0
+        while not self.stop_event.is_set():
+            deadline = t0 + k * period
+            now = self.clock()
+            if deadline - now > 0:
+                self.sleep(deadline - now)
+                now = self.clock()
+            elif now - deadline > 3 * period:  # stalled (suspend, overload): restart the grid
+                t0, k = now, 0
+            self.tick(now)
+            k += 1
+
+    def tick(self, now: float) -> None:
+        sample = self._due_sample(now)
+        if sample is not None:
+            # latest frame whose instant is at or before the due sample
+            self._due = max(self._due, (sample * self.fps) // self.rate)
+        frame = self.store.get(self._due) if sample is not None else None
+        if frame is None:
+            image = self._last.image if self._last is not None else self.idle_image()
+            frame = VideoFrame(index=self._due, t=self._due / self.fps, image=image, repeated=True)
+        elif frame.index != self._due:
+            frame = VideoFrame(index=self._due, t=frame.t, image=frame.image, repeated=True)
+        if frame.repeated and sample is not None:
+            self.stats.frames_repeated += 1
+        audio = self._audio_until(sample)
+        for sink in self.sinks:
+            try:
+                sink.send(frame, audio if sink.wants_audio else None)
+            except Exception as exc:
+                n = self.sink_errors.get(sink.name, 0) + 1
+                self.sink_errors[sink.name] = n
+                if n == 1:
+                    log.error("sink %s failed: %s", sink.name, " ".join(str(exc).split()))
+        self._last = frame
+        self.stats.frames_emitted += 1
+        self.stats.emit_times.append(now)
+        if self.on_tick:
+            self.on_tick(now)
+
+    def _audio_until(self, sample: int | None) -> np.ndarray | None:
+        """Every sample from the last tick up to the one due now: continuous, never dropped."""
+        if sample is None:
+            return None
+        end = min(sample, self.ring.end)
+        if self._audio_pos is None:
+            self._audio_pos = max(end - self.rate // self.fps, 0)
+        if end <= self._audio_pos:
+            return np.zeros(0, np.float32)
+        out = self.ring.read(self._audio_pos, end - self._audio_pos)
+        self._audio_pos = end
+        return out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vcam_talker.config import Config
 from vcam_talker.engines import create_engine
+from vcam_talker.engines.base import Engine
 from vcam_talker.errors import VcamError
 from vcam_talker.sinks.base import Sink
 from vcam_talker.stream.pipeline import DelayEstimator, EngineWorker, FrameStore, Pacer, PipelineStats
@@ -37,10 +38,13 @@ class Daemon:
     """One running vcam-talker: build with a validated Config, then start()/stop().
 
     extra_sinks: sinks added by the caller (tests, benchmarks), opened like the others.
+    engine: an already built engine to use instead of the configured one.
     """
 
-    def __init__(self, cfg: Config, *, demo: bool = False, extra_sinks: list[Sink] | None = None):
+    def __init__(self, cfg: Config, *, demo: bool = False, extra_sinks: list[Sink] | None = None,
+                 engine: Engine | None = None):
         self.cfg = cfg
+        self.engine = engine
         self.demo = demo or cfg.audio.input == "demo"
         self.extra_sinks = list(extra_sinks or [])
         self.stats = PipelineStats()
@@ -59,7 +63,8 @@ class Daemon:
         from vcam_talker.audio.ring import AudioRing
 
         cfg = self.cfg
-        self.engine = create_engine(cfg)
+        if self.engine is None:
+            self.engine = create_engine(cfg)
         self.avatar = self.engine.prepare(cfg.avatar_path())
         spec = self.engine.window_spec
         self.ring = AudioRing(spec.sample_rate, RING_SECONDS)
@@ -75,8 +80,7 @@ class Daemon:
         self._start_playback()
         self.worker = EngineWorker(ring=self.ring, windower=self.windower,
                                    render=lambda w: self.engine.render(w, self.avatar), store=self.store,
-                                   stats=self.stats, delay=self.delay, due_index=lambda: self.pacer.due_index(),
-                                   stop=self._stop, on_error=self._engine_error)
+                                   stats=self.stats, delay=self.delay, stop=self._stop, on_error=self._engine_error)
         self.pacer = Pacer(ring=self.ring, windower=self.windower, fps=fps, store=self.store,
                            sinks=[s.sink for s in self.sinks if s.ok], stats=self.stats, delay=self.delay,
                            stop=self._stop, idle_image=lambda: self.avatar.image, on_tick=self._on_tick)
@@ -166,11 +170,17 @@ class Daemon:
         device = None if out == "default" else int(out) if out.isdigit() else out
         try:
             self.playback = DelayedPlayback(device, self.ring)
-            self.playback.set_target_delay(self.delay.value + self.cfg.audio.trim_ms / 1000)
+            self.playback.set_target_delay(self.audio_delay())
             self.playback.start()
         except VcamError as exc:
             log.error("audio output: %s; continuing without delayed audio", exc)
             self.playback = None
+
+    def audio_delay(self) -> float:
+        """Capture-to-mic delay that matches the picture. Frame i goes out at the first tick
+        at or after time_of(c_i) + delay and stays up for one period, so on average it is on
+        screen centred one period after that: the audio waits that long too."""
+        return self.delay.value + 1.0 / self.cfg.video.fps + self.cfg.audio.trim_ms / 1000
 
     def _engine_error(self, exc: Exception) -> None:
         n = self.stats.engine_errors
@@ -184,9 +194,9 @@ class Daemon:
             self.first_frame.set()
         if now - self._last_delay_update >= 1.0:
             self._last_delay_update = now
-            d = self.delay.update()
+            self.delay.update()
             if self.playback is not None:
-                self.playback.set_target_delay(d + self.cfg.audio.trim_ms / 1000)
+                self.playback.set_target_delay(self.audio_delay())
         if now - self._last_status >= self.cfg.status.interval_s:
             self._last_status = now
             log.info("%s", self.status_line())
@@ -198,8 +208,15 @@ class Daemon:
                   "sinks": {st.sink.name: ("ok" if st.ok else st.error) for st in self.sinks}})
         if self.playback is not None:
             s["audio_delay_ms"] = round(self.playback.current_delay * 1e3, 1)
-            s["av_offset_ms"] = round((self.playback.current_delay - self.delay.value
-                                       - self.cfg.audio.trim_ms / 1000) * 1e3, 1)
+            s["av_offset_ms"] = round((self.playback.current_delay - self.audio_delay()) * 1e3, 1)
+            ps = self.playback.stats
+            s["playback"] = {"speed": round(ps.speed, 4), "inserted_frames": ps.inserted_frames,
+                             "removed_samples": ps.removed_samples, "underflows": ps.underflows,
+                             "lost_samples": ps.lost_samples}
+        if self.source is not None and hasattr(self.source, "stats") and not isinstance(self.source.stats, dict):
+            cs = self.source.stats
+            s["capture"] = {k: getattr(cs, k) for k in ("nan_samples", "clipped_samples", "overflows")
+                            if hasattr(cs, k)}
         return s
 
     def status_line(self) -> str:

@@ -83,8 +83,12 @@ class FrameStore:
 
 class DelayEstimator:
     """The pipeline delay: a high percentile of 'frame ready − audio captured', plus a
-    margin. It rises at once when frames come late and falls slowly, so the audio delay
-    (which follows it) changes rarely."""
+    margin. Once a second it rises at once to that figure, or falls slowly towards it, so
+    the audio delay (which follows it) changes rarely; a single late frame is repeated
+    rather than moving the delay."""
+
+    RAISE_S = 0.003
+    LOWER_S = 0.010
 
     def __init__(self, initial_s: float, margin_s: float, floor_s: float):
         self.value = initial_s
@@ -97,18 +101,17 @@ class DelayEstimator:
     def observe(self, ready_s: float) -> None:
         with self._lock:
             self._samples.append(ready_s)
-            if ready_s + self.margin > self.value:
-                self.value = ready_s + self.margin
 
     def update(self) -> float:
-        """Called about once a second: relax towards p98 + margin."""
+        """Called about once a second."""
         with self._lock:
             if len(self._samples) >= 25:
                 target = max(float(np.percentile(self._samples, 98)) + self.margin, self.floor)
-                if not self._settled:  # the first second of measurements replaces the guess
-                    self.value, self._settled = target, True
-                elif target < self.value:
-                    self.value = max(target, self.value - 0.002)
+                # hysteresis: small wobbles of the percentile must not move the audio delay
+                if not self._settled or target > self.value + self.RAISE_S:
+                    self.value, self._settled = target + self.RAISE_S, True
+                elif target < self.value - self.LOWER_S:
+                    self.value -= 0.001
             return self.value
 
 
@@ -116,13 +119,11 @@ class EngineWorker(threading.Thread):
     """Renders frame after frame as soon as each frame's audio window is complete."""
 
     def __init__(self, *, ring, windower: Windower, render: Callable, store: FrameStore,
-                 stats: PipelineStats, delay: DelayEstimator, due_index: Callable[[], int],
-                 stop: threading.Event, on_error: Callable[[Exception], None] | None = None,
+                 stats: PipelineStats, delay: DelayEstimator, stop: threading.Event, on_error: Callable[[Exception], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         super().__init__(name="vcam-engine", daemon=True)
         self.ring, self.windower, self.render = ring, windower, render
         self.store, self.stats, self.delay = store, stats, delay
-        self.due_index = due_index
         self.stop_event = stop
         self.on_error = on_error
         self.clock = clock
@@ -131,10 +132,13 @@ class EngineWorker(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.is_set():
             i = self.next_index
-            due = self.due_index()
-            if due - i > 2:  # behind: skip to what the pacer needs next, do not queue stale work
-                self.stats.windows_skipped += due - i
-                i = due
+            # behind the live edge (slow engine, stall): jump to the newest complete window.
+            # Rendering every stale window instead would make frames ever later, and the
+            # measured delay, which the audio follows, would grow without bound.
+            latest = self.windower.latest_complete(self.ring.end)
+            if latest - i > 1:
+                self.stats.windows_skipped += latest - i
+                i = latest
             need = self.windower.end_sample(i)
             if not self.ring.wait_for(need, timeout=0.1):
                 continue

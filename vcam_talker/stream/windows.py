@@ -61,6 +61,13 @@ class Windower:
         """The last sample (exclusive) frame ``index`` needs: what the live path waits for."""
         return self.center(index) + self.spec.after
 
+    def latest_complete(self, end: int) -> int:
+        """The newest frame whose window lies entirely before sample ``end``."""
+        i = ((end - self.spec.after) * self.fps) // self.spec.sample_rate
+        while i >= 0 and self.end_sample(i) > end:
+            i -= 1
+        return i
+
     def window(self, index: int) -> AudioWindow:
         c = self.center(index)
         samples = self.source.read(c - self.spec.before, self.spec.length)

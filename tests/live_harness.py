@@ -1,0 +1,183 @@
+"""Runs the real daemon against the private PulseAudio server and measures what a meeting
+would receive: the camera frames (through a recording pyvirtualcam backend) and the
+delayed mic (recorded from vcam_mic's monitor). Shared by tests/test_live.py and
+benchmarks/bench_live.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from tests.recording_cam import BACKEND, RecordingCamera, register
+from vcam_talker.audio.capture import AudioCapture
+from vcam_talker.audio.ring import AudioRing
+from vcam_talker.config import Config, from_dict, to_dict
+from vcam_talker.daemon import Daemon
+
+RATE = 16000
+
+
+def live_config(**over) -> Config:
+    d = to_dict(Config())
+    d["audio"].update(input="vcam_in_monitor", output="vcam_mic_sink")
+    d["sinks"]["virtualcam"].update(backend=BACKEND, device="")
+    d["sinks"]["fallback_record"] = ""
+    d["engine"]["classic"]["sway"] = 0.0  # mouth pixels then move only with the mouth
+    d["status"]["interval_s"] = 2.0
+    for section, values in over.items():
+        d[section].update(values)
+    return from_dict(d)
+
+
+def speech_with_gaps(espeak_wav, tmp: Path, texts: list[str], gap_s: float = 1.2) -> tuple[Path, np.ndarray]:
+    parts = [np.zeros(int(0.5 * RATE), np.float32)]
+    for i, text in enumerate(texts):
+        x, _ = sf.read(espeak_wav(tmp / f"u{i}.wav", text), dtype="float32")
+        parts += [x, np.zeros(int(gap_s * RATE), np.float32)]
+    audio = np.concatenate(parts)
+    path = tmp / "speech_gaps.wav"
+    sf.write(path, audio, RATE, subtype="PCM_16")
+    return path, audio
+
+
+@dataclass
+class LiveRun:
+    frame_times: np.ndarray
+    frames: np.ndarray  # mouth crops
+    mic: np.ndarray  # vcam_mic monitor at RATE
+    mic_t0: float  # monotonic time of mic[0]
+    src: np.ndarray  # vcam_in monitor at RATE (what the daemon heard)
+    src_t0: float
+    status: dict
+    status_lines: list[str] = field(default_factory=list)
+
+
+def _capture_timeline(ring: AudioRing, start: int) -> tuple[np.ndarray, float]:
+    end = ring.end
+    return ring.read(start, end - start), ring.time_of(start)
+
+
+def run_daemon(cfg: Config, wav: Path, crop: tuple[int, int, int, int], *, tail_s: float = 1.5,
+               engine=None, env: dict | None = None) -> LiveRun:
+    register()
+    RecordingCamera.crop = crop
+    mic_ring, src_ring = AudioRing(RATE, 120.0), AudioRing(RATE, 120.0)
+    mic_rec = AudioCapture("vcam_mic_monitor", mic_ring).start()
+    src_rec = AudioCapture("vcam_in_monitor", src_ring).start()
+    daemon = Daemon(cfg, engine=engine)
+    daemon.start()
+    try:
+        assert daemon.first_frame.wait(10), "no frame published"
+        # the delay estimate settles on its first second of measurements, then the mic
+        # glides to it during silence; a real user would not notice that first second
+        deadline, last = time.monotonic() + 8.0, None
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            st = daemon.status()
+            steady = last is not None and st["delay_ms"] == last
+            last = st["delay_ms"]
+            if time.monotonic() - daemon.started_at > 2.0 and steady and abs(st.get("av_offset_ms", 0.0)) < 3.0:
+                break
+        mic_start, src_start = mic_ring.end, src_ring.end
+        subprocess.run(["paplay", "--device=vcam_in", str(wav)], check=True, env=env or dict(os.environ),
+                       timeout=120)
+        time.sleep(tail_s)
+        status = daemon.status()
+    finally:
+        daemon.stop()
+        mic_rec.stop()
+        src_rec.stop()
+    cam = RecordingCamera.instances[-1]
+    times, frames = cam.snapshot()
+    mic, mic_t0 = _capture_timeline(mic_ring, mic_start)
+    src, src_t0 = _capture_timeline(src_ring, src_start)
+    return LiveRun(times, frames, mic, mic_t0, src, src_t0, status)
+
+
+# ---- analysis -------------------------------------------------------------------------
+def envelope(x: np.ndarray, rate: int = RATE, hop_s: float = 0.005) -> np.ndarray:
+    hop = int(rate * hop_s)
+    n = len(x) // hop
+    return np.sqrt((x[: n * hop].reshape(n, hop) ** 2).mean(1))
+
+
+def onsets(env: np.ndarray, hop_s: float = 0.005, thresh_ratio: float = 0.1, min_gap_s: float = 0.6) -> np.ndarray:
+    """Times (s from the signal start) where sound begins after at least min_gap_s of quiet."""
+    loud = env > thresh_ratio * env.max()
+    out, quiet = [], int(min_gap_s / hop_s)
+    last_loud = -quiet - 1
+    for i, v in enumerate(loud):
+        if v:
+            if i - last_loud > quiet:
+                out.append(i * hop_s)
+            last_loud = i
+    return np.array(out)
+
+
+def lag_by_xcorr(a: np.ndarray, b: np.ndarray, max_lag: int) -> int:
+    """The shift (samples) of b that best matches a: b[i] ~ a[i - lag] (b later: lag > 0)."""
+    a = (a - a.mean()) / (a.std() + 1e-12)
+    b = (b - b.mean()) / (b.std() + 1e-12)
+    best, best_lag = -np.inf, 0
+    for lag in range(-max_lag, max_lag + 1):
+        if lag >= 0:
+            x, y = a[: len(a) - lag], b[lag:]
+        else:
+            x, y = a[-lag:], b[: len(b) + lag]
+        n = min(len(x), len(y))
+        c = float(np.dot(x[:n], y[:n]) / max(n, 1))
+        if c > best:
+            best, best_lag = c, lag
+    return best_lag
+
+
+def mouth_signal(run: LiveRun) -> np.ndarray:
+    """Per recorded frame: mean absolute difference of the mouth crop from the closed mouth
+    (the median frame of the quietest tenth)."""
+    f = run.frames.astype(np.float32)
+    energy = np.abs(f - np.median(f, axis=0)).mean(axis=(1, 2, 3))
+    closed = f[energy <= np.percentile(energy, 10)].mean(axis=0)
+    return np.abs(f - closed).mean(axis=(1, 2, 3))
+
+
+def av_offsets(run: LiveRun, hop_s: float = 0.005) -> np.ndarray:
+    """Per utterance: mouth-opening onset (frame send time) minus the onset of the same
+    utterance in the delayed mic, in seconds (positive: the picture is late)."""
+    mic_env = envelope(run.mic)
+    mic_on = run.mic_t0 + onsets(mic_env, hop_s)
+    m = mouth_signal(run)
+    out = []
+    for t in mic_on:
+        # this utterance's frames; the mouth counts as opening at 20% of its own peak
+        span = (run.frame_times > t - 0.3) & (run.frame_times < t + 0.8)
+        if not span.any():
+            continue
+        opened = span & (m > 0.2 * m[span].max())
+        first = np.flatnonzero(opened)
+        if len(first):
+            out.append(run.frame_times[first[0]] - t)
+    return np.array(out)
+
+def av_offset_xcorr(run: LiveRun, hop_s: float = 0.005, max_lag_s: float = 0.3) -> float:
+    """Offset (s) of the mouth-opening signal against the delayed mic's loudness, by
+    cross-correlation on a common clock (positive: the picture is late). Each frame is held
+    from its send time to the next, as a camera reader would see it."""
+    m = mouth_signal(run)
+    t0 = max(run.frame_times[0], run.mic_t0)
+    t1 = min(run.frame_times[-1], run.mic_t0 + len(run.mic) / RATE)
+    grid = np.arange(t0, t1, hop_s)
+    idx = np.searchsorted(run.frame_times, grid, side="right") - 1
+    mouth = m[np.clip(idx, 0, len(m) - 1)]
+    # loudness over one frame period around each instant, like the offline lip-sync test
+    env = envelope(run.mic, RATE, hop_s) ** 2
+    k = max(1, int(0.04 / hop_s))
+    loud = np.sqrt(np.convolve(env, np.ones(k) / k, mode="same"))
+    at = ((grid - run.mic_t0) / hop_s).astype(int)
+    loud = loud[np.clip(at, 0, len(loud) - 1)]
+    return lag_by_xcorr(loud, mouth, int(max_lag_s / hop_s)) * hop_s

@@ -155,9 +155,9 @@ class Daemon:
             self.source = LoopingSource(self.ring, clip, block_ms=cfg.audio.block_ms)
         else:
             from vcam_talker.audio.capture import AudioCapture
+            from vcam_talker.audio.routing import route_device
 
-            dev = cfg.audio.input
-            device = None if dev == "default" else int(dev) if dev.isdigit() else dev
+            device = route_device(cfg.audio.input, "input")
             self.source = AudioCapture(device, self.ring, block_ms=cfg.audio.block_ms)
         self.source.start()
 
@@ -166,10 +166,10 @@ class Daemon:
         if out == "none":
             return
         from vcam_talker.audio.playback import DelayedPlayback
+        from vcam_talker.audio.routing import route_device
 
-        device = None if out == "default" else int(out) if out.isdigit() else out
         try:
-            self.playback = DelayedPlayback(device, self.ring)
+            self.playback = DelayedPlayback(route_device(out, "output"), self.ring)
             self.playback.set_target_delay(self.audio_delay())
             self.playback.start()
         except VcamError as exc:
@@ -206,7 +206,7 @@ class Daemon:
         s.update({"delay_ms": round(self.delay.value * 1e3, 1), "queue_depth": max(0, self.store.newest() - self.pacer.due_index()),
                   "uptime_s": round(time.monotonic() - self.started_at, 1), "engine": self.engine.name,
                   "sinks": {st.sink.name: ("ok" if st.ok else st.error) for st in self.sinks}})
-        if self.playback is not None:
+        if self.playback is not None and self.playback.current_delay == self.playback.current_delay:
             s["audio_delay_ms"] = round(self.playback.current_delay * 1e3, 1)
             s["av_offset_ms"] = round((self.playback.current_delay - self.audio_delay()) * 1e3, 1)
             ps = self.playback.stats
@@ -221,7 +221,8 @@ class Daemon:
 
     def status_line(self) -> str:
         s = self.status()
-        av = f"{s['av_offset_ms']:+.1f} ms" if "av_offset_ms" in s else "n/a (no audio output)"
+        av = f"{s['av_offset_ms']:+.1f} ms" if "av_offset_ms" in s else \
+            "n/a (no audio output yet)" if self.playback is not None else "n/a (no audio output)"
         return (f"fps {s['fps']:.1f} | engine ms p50 {s['engine_ms_p50']:.1f} p95 {s['engine_ms_p95']:.1f} | "
                 f"queue {s['queue_depth']} | delay {s['delay_ms']:.0f} ms | A/V offset {av} | "
                 f"repeated {s['frames_repeated']} skipped {s['windows_skipped']}")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +89,13 @@ class FfmpegFileSink:
 
 class FfmpegLiveSink(Sink):
     """Records the live output with its delayed audio to a file, or streams it to an
-    rtmp:// or srt:// URL. Video comes on stdin, audio (s16le mono) through a second pipe;
-    the pacer writes both per tick, so they stay in step in the container."""
+    rtmp:// or srt:// URL.
+
+    Each tick carries one frame and exactly one frame period of audio (padded with
+    silence or carried over), so the container stays in sync by construction. A named
+    writer thread feeds ffmpeg through a bounded queue: a slow disk or network drops
+    recorded frames (counted) instead of stalling the camera.
+    """
 
     name = "ffmpeg"
     wants_audio = True
@@ -100,14 +108,19 @@ class FfmpegLiveSink(Sink):
         self.crf = crf
         self.proc = None
         self.frames = 0
-        self.samples = 0
+        self.dropped = 0
+        self._pending = np.zeros(0, np.float32)
+        self._owed = 0.0  # fractional samples per frame, so rates like 44100/30 add up
+        self._queue: queue.Queue = queue.Queue(maxsize=2 * fps)
+        self._thread: threading.Thread | None = None
+        self.error: str = ""
 
     def open(self) -> None:
-        import os
-
         w, h = self.size
-        is_url = "://" in self.target
-        if not is_url:
+        if "://" in self.target:
+            out = [self.target]
+            fmt = ["-f", "flv"] if self.target.startswith("rtmp") else ["-f", "mpegts"]
+        else:
             path = Path(self.target).expanduser()
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,12 +128,9 @@ class FfmpegLiveSink(Sink):
                 raise VcamError(f"sinks.ffmpeg.target: cannot create {path.parent} ({exc.strerror})") from None
             out = [str(path)]
             fmt = ["-movflags", "+frag_keyframe+empty_moov"]  # playable even if the daemon dies
-        else:
-            out = [self.target]
-            fmt = ["-f", "flv"] if self.target.startswith("rtmp") else ["-f", "mpegts"]
-        r, self._audio_w = os.pipe()
+        r, audio_w = os.pipe()
         # both inputs are raw with known formats: no probing, which would wait for
-        # seconds of audio while the video pipe fills up (a deadlock)
+        # seconds of audio while the video pipe fills up
         noprobe = ["-probesize", "32", "-analyzeduration", "0", "-thread_queue_size", "64"]
         cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
                *noprobe, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(self.fps), "-i", "pipe:0",
@@ -129,29 +139,59 @@ class FfmpegLiveSink(Sink):
                "-pix_fmt", "yuv420p", "-g", str(2 * self.fps), "-c:a", "aac", "-b:a", "128k", *fmt, *out]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(r,))
         os.close(r)
-        self._audio = os.fdopen(self._audio_w, "wb", buffering=0)
+        self._audio = os.fdopen(audio_w, "wb", buffering=0)
+        self._thread = threading.Thread(target=self._write_loop, name="vcam-ffmpeg-writer", daemon=True)
+        self._thread.start()
 
     def send(self, frame, audio: np.ndarray | None = None) -> None:
-        # audio first, and always some: ffmpeg opens its audio input only after the first
-        # video frame and blocks until audio arrives, while our next video write waits
-        if audio is None:
-            audio = np.zeros(self.sample_rate // self.fps, np.float32)
-        if len(audio):
-            self._audio.write((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-            self.samples += len(audio)
-        self.proc.stdin.write(np.ascontiguousarray(frame.image).tobytes())
-        self.frames += 1
+        if audio is not None and len(audio):
+            self._pending = np.concatenate([self._pending, audio.astype(np.float32)])
+        self._owed += self.sample_rate / self.fps
+        n = int(self._owed)
+        self._owed -= n
+        chunk = self._pending[:n]
+        self._pending = self._pending[n:]
+        if len(chunk) < n:
+            chunk = np.concatenate([chunk, np.zeros(n - len(chunk), np.float32)])
+        if len(self._pending) > self.sample_rate // 2:  # the two clocks drifted apart
+            self._pending = self._pending[-(self.sample_rate // 4):]
+        pcm = (np.clip(chunk, -1, 1) * 32767).astype("<i2").tobytes()
+        try:
+            self._queue.put_nowait((pcm, np.ascontiguousarray(frame.image).tobytes()))
+            self.frames += 1
+        except queue.Full:
+            self.dropped += 1
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            pcm, video = item
+            try:
+                self._audio.write(pcm)
+                self.proc.stdin.write(video)
+            except (BrokenPipeError, ValueError, OSError) as exc:
+                err = self.proc.stderr.read().decode(errors="replace").strip().splitlines() if self.proc else []
+                self.error = (err[-1] if err else str(exc))
+                return
 
     def close(self) -> None:
         if self.proc is None:
             return
+        try:
+            self._queue.put(None, timeout=1.0)
+        except queue.Full:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
         for f in (self._audio, self.proc.stdin):
             try:
                 f.close()
             except OSError:
                 pass
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

@@ -241,8 +241,8 @@ class Pacer(threading.Thread):
         if sample is None:
             return None
         end = min(sample, self.ring.end)
-        if self._audio_pos is None:
-            self._audio_pos = max(end - self.rate // self.fps, 0)
+        if self._audio_pos is None:  # may start before the stream: the ring reads zeros there
+            self._audio_pos = end - self.rate // self.fps
         if end <= self._audio_pos:
             return np.zeros(0, np.float32)
         out = self.ring.read(self._audio_pos, end - self._audio_pos)

@@ -1,9 +1,15 @@
 """A pyvirtualcam backend that records what a meeting app would read from the camera:
 each frame (or a crop of it) and the monotonic time it was sent. Registered through
-pyvirtualcam's own ``register_backend`` hook, because this kernel has no v4l2loopback."""
+pyvirtualcam's own ``register_backend`` hook, because this kernel has no v4l2loopback.
+
+In-process tests call :func:`register`. A daemon *process* loads this module through
+``VCAM_TALKER_PLUGINS=tests.recording_cam``; it then takes the crop from
+``$VCAM_RECORD_CROP`` ("y0,y1,x0,x1") and saves what it recorded to ``$VCAM_RECORD_OUT``
+(.npz) when the camera closes."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -40,7 +46,10 @@ class RecordingCamera:
             self.frames.append(keep)
 
     def close(self) -> None:
-        pass
+        out = os.environ.get("VCAM_RECORD_OUT")
+        if out:
+            times, frames = self.snapshot()
+            np.savez(out, times=times, frames=frames)
 
     def device(self) -> str:
         return self._device
@@ -55,4 +64,10 @@ class RecordingCamera:
 
 def register() -> None:
     RecordingCamera.instances.clear()
+    pyvirtualcam.register_backend(BACKEND, RecordingCamera)
+
+
+if os.environ.get("VCAM_RECORD_OUT"):  # loaded as a daemon plugin
+    if os.environ.get("VCAM_RECORD_CROP"):
+        RecordingCamera.crop = tuple(int(v) for v in os.environ["VCAM_RECORD_CROP"].split(","))
     pyvirtualcam.register_backend(BACKEND, RecordingCamera)

@@ -238,12 +238,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_plugins() -> None:
+    """Import the modules named in $VCAM_TALKER_PLUGINS (comma-separated), e.g. one that
+    registers a pyvirtualcam backend for sinks.virtualcam.backend."""
+    import importlib
+
+    for name in filter(None, (m.strip() for m in os.environ.get("VCAM_TALKER_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise VcamError(f"VCAM_TALKER_PLUGINS: cannot import {name!r} ({type(exc).__name__}: {exc})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="vcam-talker: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
+        load_plugins()
         return int(args.func(args) or 0)
     except VcamError as exc:
         print(f"vcam-talker: error: {exc}", file=sys.stderr)

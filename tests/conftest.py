@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.pulse_env import pulse_server  # noqa: F401  (private PulseAudio for the audio tests)
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AVATAR = ROOT / "avatars" / "default.png"
 

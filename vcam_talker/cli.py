@@ -137,17 +137,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vcam_talker.daemon import Daemon
 
     cfg = load_config(args)
-    if args.demo:
+    if args.demo or cfg.audio.output == "vcam_talker_mic":
         try:
             from vcam_talker.audio.virtual import setup_virtual_mic
 
             setup_virtual_mic()
         except VcamError as exc:
             log.warning("virtual mic not created: %s", exc)
-    daemon = Daemon(cfg, demo=args.demo)
+    daemon = Daemon(cfg, demo=args.demo, config_path=find_config(getattr(args, "config", None)))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload("SIGHUP"))
     daemon.start()
     try:
         while not stop.wait(0.2):
@@ -157,6 +158,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         t = time.monotonic()
         daemon.stop(timeout=1.5)
         log.info("stopped in %.2f s; %s", time.monotonic() - t, daemon.status_line())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    cfg = load_config(args)
+    addr = args.address or cfg.status.http
+    if not addr:
+        raise VcamError("status.http is empty in the config: the daemon serves no status")
+    try:
+        with urllib.request.urlopen(f"http://{addr}/status", timeout=3) as r:
+            data = json.loads(r.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise VcamError(f"no daemon answering on {addr} ({getattr(exc, 'reason', exc)}); is `vcam-talker run` up?") from None
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for k, v in data.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from vcam_talker.service import install_service
+
+    print(install_service(user=True, config=Path(args.config) if args.config else None, enable=not args.no_enable))
     return 0
 
 
@@ -222,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--engine", help="override engine.name")
     rn.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until stopped)")
     rn.set_defaults(func=cmd_run)
+
+    st = sub.add_parser("status", help="ask the running daemon for its state and metrics",
+                        description="Query the running daemon over its local HTTP endpoint (status.http).")
+    st.add_argument("--config", help="config.yaml to read status.http from")
+    st.add_argument("--address", help="HOST:PORT (default: status.http)")
+    st.add_argument("--json", action="store_true", help="print raw JSON")
+    st.set_defaults(func=cmd_status)
+
+    ins = sub.add_parser("install-service", help="install and enable the systemd user unit",
+                         description="Write ~/.config/systemd/user/vcam-talker.service for this installation, "
+                                     "reload systemd, enable and start it, and print how to check it.")
+    ins.add_argument("--user", action="store_true", default=True, help="install as a user unit (the only kind)")
+    ins.add_argument("--config", help="config file the service runs with (default ~/.config/vcam-talker/config.yaml)")
+    ins.add_argument("--no-enable", action="store_true", help="only write the unit file")
+    ins.set_defaults(func=cmd_install_service)
 
     sa = sub.add_parser("setup-audio", help="create (or --undo) the 'VCam Talker Mic' virtual microphone",
                         description="Create the null sink vcam_talker_mic and a source named 'VCam Talker Mic' "

@@ -54,10 +54,34 @@ class ClassicConfig:
 
 
 @dataclass
+class SadTalkerConfig:
+    size: int = _f(256, range=(256, 512))
+    preprocess: str = _f("crop", choices=("crop", "full"))
+    still: bool = _f(False)
+    pose_style: int = _f(0, range=(0, 45))
+    expression_scale: float = _f(1.0, range=(0.0, 3.0))
+    lookahead_frames: int = _f(5, range=(0, 40))
+    pose_chunk: int = _f(8, range=(1, 32))
+    blink: bool = _f(True)
+    seed: int = _f(0, range=(0, 2**31 - 1))
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    half: bool = _f(False)
+    compile: bool = _f(False)
+    enhancer: str = _f("none", choices=("none", "gfpgan"))
+    weights_dir: str = _f("")
+
+    def __post_init__(self) -> None:
+        # the range check cannot express a two-value set; the checkpoints exist for these only
+        if self.size not in (256, 512):
+            raise ConfigError(f"engine.sadtalker.size: must be 256 or 512, got {self.size}")
+
+
+@dataclass
 class EngineConfig:
     name: str = _f("classic", choices=("classic", "sadtalker"))
     lookahead_ms: float = _f(60.0, range=(0.0, 1000.0))
     classic: ClassicConfig = field(default_factory=ClassicConfig)
+    sadtalker: SadTalkerConfig = field(default_factory=SadTalkerConfig)
 
 
 @dataclass
@@ -100,6 +124,7 @@ class SinksConfig:
 @dataclass
 class StatusConfig:
     interval_s: float = _f(5.0, range=(0.5, 3600.0))
+    http: str = _f("127.0.0.1:8765")
 
 
 @dataclass
@@ -197,6 +222,11 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
 
 
 def _cross_checks(cfg: Config, errors: list[str]) -> None:
+    http = cfg.status.http
+    if http:
+        host, _, port = http.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            errors.append(f"status.http: must be HOST:PORT such as 127.0.0.1:8765, or empty, got {http!r}")
     t = cfg.sinks.ffmpeg.target
     if cfg.sinks.ffmpeg.enabled and not t:
         errors.append("sinks.ffmpeg.target: must name a file or an rtmp:// or srt:// URL when enabled, got ''")

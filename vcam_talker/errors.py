@@ -26,3 +26,7 @@ class CheckpointError(VcamError):
 
 class DeviceError(VcamError):
     """An audio or video device is missing or failed."""
+
+
+class EngineError(VcamError):
+    """An engine cannot run as configured (missing weights, unsupported device or option)."""

@@ -14,13 +14,13 @@ class LoopingSource:
     stamping each block with the monotonic time it is 'captured'."""
 
     def __init__(self, ring, samples: np.ndarray, block_ms: float = 10.0, gap_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, name: str = "vcam-demo-source"):
         self.ring = ring
         self.clip = np.concatenate([samples.astype(np.float32), np.zeros(int(gap_s * ring.sample_rate), np.float32)])
         self.block = max(1, int(ring.sample_rate * block_ms / 1000))
         self.clock = clock
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="vcam-demo-source", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.stats = {"blocks": 0}
 
     def start(self) -> None:
@@ -32,9 +32,11 @@ class LoopingSource:
 
     def _run(self) -> None:
         rate = self.ring.sample_rate
-        t0 = self.clock()
+        # continue the ring's clock: a replacement source (silence while a device is
+        # away) must not restart stream time
+        t0 = self.clock() - self.ring.end / rate
         pos = 0
-        n = 0
+        n = self.ring.end
         while not self._stop.is_set():
             # the block [n, n + block) is 'captured' when its last sample has arrived
             due = t0 + (n + self.block) / rate

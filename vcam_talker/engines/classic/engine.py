@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from vcam_talker.avatar import PreparedAvatar, prepare_avatar
 from vcam_talker.avatar.landmarks import LandmarkDetector
-from vcam_talker.config import Config
+from vcam_talker.config import ClassicConfig, Config
 from vcam_talker.engines.base import Engine
 from vcam_talker.engines.classic.motion import Motion, MotionModel
 from vcam_talker.engines.classic.renderer import Renderer, build_rig
@@ -61,6 +62,11 @@ class ClassicEngine(Engine):
             while len(self._renderers) > 2:
                 self._renderers.popitem(last=False)
         return r
+
+    def update_tuning(self, classic: ClassicConfig) -> None:
+        """Live tuning change: the motion model reads its config on every frame."""
+        self.config = dataclasses.replace(self.config, engine=dataclasses.replace(self.config.engine, classic=classic))
+        self.motion.cfg = classic
 
     def motion_for(self, window: AudioWindow) -> Motion:
         return self.motion.step(window.samples, window.t)

@@ -28,6 +28,15 @@ TRAINING_ONLY_PREFIXES = ("audio2pose.netG.encoder.", "audio2pose.netD_motion.")
 _MAX_LISTED = 8
 
 
+def training_only_prefixes(prefix: str) -> tuple[str, ...]:
+    """The entries of TRAINING_ONLY_PREFIXES under ``prefix``, relative to it.
+
+    For ``load_strict(..., ignore_prefixes=...)`` after ``split_prefix(state, prefix)``:
+    ``training_only_prefixes('audio2pose.')`` is ``('netG.encoder.', 'netD_motion.')``.
+    """
+    return tuple(p[len(prefix):] for p in TRAINING_ONLY_PREFIXES if p.startswith(prefix))
+
+
 def _fail(path: os.PathLike | str, reason: str) -> CheckpointError:
     return CheckpointError(
         f"{Path(path).name}: {reason} (path {path}); "

@@ -24,6 +24,8 @@ class RecordingCamera:
     instances: list["RecordingCamera"] = []
     #: (y0, y1, x0, x1) to keep of each frame; None keeps a 1/4-size copy
     crop: tuple[int, int, int, int] | None = None
+    #: keep only the send times (long soak runs); $VCAM_RECORD_TIMES_ONLY in plugin mode
+    times_only: bool = False
 
     def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw):
         self.width, self.height, self.fps = width, height, fps
@@ -35,6 +37,10 @@ class RecordingCamera:
 
     def send(self, frame: np.ndarray) -> None:
         t = time.monotonic()
+        if self.times_only:
+            with self._lock:
+                self.times.append(t)
+            return
         img = frame.reshape(self.height, self.width, 3)
         if self.crop is not None:
             y0, y1, x0, x1 = self.crop
@@ -70,4 +76,5 @@ def register() -> None:
 if os.environ.get("VCAM_RECORD_OUT"):  # loaded as a daemon plugin
     if os.environ.get("VCAM_RECORD_CROP"):
         RecordingCamera.crop = tuple(int(v) for v in os.environ["VCAM_RECORD_CROP"].split(","))
+    RecordingCamera.times_only = bool(os.environ.get("VCAM_RECORD_TIMES_ONLY"))
     pyvirtualcam.register_backend(BACKEND, RecordingCamera)

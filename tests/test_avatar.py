@@ -66,6 +66,42 @@ def test_corrupt_cache_is_rebuilt(engine, cache_dir, caplog):
     assert engine.prepare(DEFAULT_AVATAR).from_cache
 
 
+def test_cache_from_an_older_version_is_rebuilt(engine, cache_dir, monkeypatch, caplog):
+    from vcam_talker.avatar import prepared
+
+    engine.prepare(DEFAULT_AVATAR)
+    (old,) = cache_dir.rglob("*.npz")
+    monkeypatch.setattr(prepared, "CACHE_VERSION", prepared.CACHE_VERSION + 1)
+    # an old file under the new name (e.g. copied by hand) is read, recognised and replaced
+    new_name = old.with_name(old.name.replace(f"-v{prepared.CACHE_VERSION - 1}.npz",
+                                              f"-v{prepared.CACHE_VERSION}.npz"))
+    new_name.write_bytes(old.read_bytes())
+    with caplog.at_level(logging.WARNING):
+        av = engine.prepare(DEFAULT_AVATAR)
+    assert not av.from_cache and "rebuilding" in caplog.text
+    assert engine.prepare(DEFAULT_AVATAR).from_cache
+
+
+def test_full_disk_runs_uncached(tmp_path, monkeypatch, caplog):
+    """A real full filesystem: a 16 KiB tmpfs (needs root, as the test set-up has)."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root); test_unwritable_cache_runs_uncached covers the path")
+    try:
+        monkeypatch.setenv("VCAM_TALKER_CACHE", str(mnt))
+        with caplog.at_level(logging.WARNING):
+            av = ClassicEngine(Config()).prepare(DEFAULT_AVATAR)
+        assert av.landmarks.shape == (68, 2) and av.info["cache_file"] is None
+        assert "running uncached" in caplog.text and "No space left" in caplog.text
+        assert not any(mnt.rglob("*.npz")) and not any(mnt.rglob("*.tmp*"))  # no partial file left
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
 def test_unwritable_cache_runs_uncached(tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "cache-is-a-file"
     blocker.write_text("x")

@@ -273,12 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--undo", action="store_true", help="remove what setup-audio created")
     sa.set_defaults(func=cmd_setup_audio)
 
-    try:
-        from vcam_talker.weights import add_cli
-    except ImportError:
-        pass
-    else:
-        add_cli(sub)
+    from vcam_talker.weights import add_cli
+
+    add_cli(sub)
     return p
 
 

@@ -138,6 +138,7 @@ class Daemon:
         self._avatar_mtime = _mtime(cfg.avatar_path())
         spec = engine.window_spec
         self.ring = AudioRing(spec.sample_rate, RING_SECONDS)
+        self._start_watcher()  # before any frame: an edit made during start-up is not missed
         self._start_video(cfg)
         self._start_source()
         self._start_playback()
@@ -145,7 +146,6 @@ class Daemon:
         self._control = threading.Thread(target=self._control_loop, name="vcam-control", daemon=True)
         self._control.start()
         self._start_status_server()
-        self._start_watcher()
         log.info("running: engine %s, %dx%d at %d fps, input %s, output %s, sinks: %s",
                  engine.name, cfg.video.width, cfg.video.height, cfg.video.fps,
                  "demo loop" if self.demo else cfg.audio.input, cfg.audio.output if self.playback else "none",
@@ -385,10 +385,11 @@ class Daemon:
         # sinks that failed to open, or failed while sending, are reopened with backoff
         for s in self.sinks:
             if s.ok and self.pacer.sink_errors.get(s.sink.name, 0) > 0:
-                log.error("%s failed; reopening it", s.sink.detail)
+                why = self.pacer.sink_reasons.get(s.sink.name, "")
+                log.error("%s failed (%s); reopening it, the other sinks go on", s.sink.detail, why)
                 self.pacer.sink_errors[s.sink.name] = 0
                 s.sink.close()
-                s.ok, s.retry_at, s.backoff = False, now + 1.0, 1.0
+                s.ok, s.retry_at, s.backoff, s.error = False, now + 1.0, 1.0, why
             elif not s.ok and now >= s.retry_at:
                 s2 = self._try_open(s.sink, quiet=True)
                 if s2.ok:

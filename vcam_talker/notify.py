@@ -55,7 +55,8 @@ class Notifier:
             self.send("WATCHDOG=1")
 
     def reloading(self) -> None:
-        self.send("RELOADING=1")
+        # systemd >= 253 wants the CLOCK_MONOTONIC time with RELOADING=1
+        self.send(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
     def stopping(self) -> None:
         self.send("STOPPING=1")

@@ -27,7 +27,9 @@ def install_service(user: bool = True, config: Path | None = None, enable: bool 
     if not cfg.exists():
         cfg.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(DEFAULT_CONFIG, cfg)
-    exe = shutil.which("vcam-talker") or f"{sys.executable} -m vcam_talker"
+    # the console script of this very installation (a venv is usually not on PATH)
+    script = Path(sys.executable).parent / "vcam-talker"
+    exe = str(script) if script.exists() else shutil.which("vcam-talker") or f"{sys.executable} -m vcam_talker"
     unit = home / ".config" / "systemd" / "user" / "vcam-talker.service"
     unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text(render_unit(exe, cfg.resolve()))

@@ -180,7 +180,10 @@ class Pacer(threading.Thread):
         self._due = 0
         self._audio_pos: int | None = None
         self._last: VideoFrame | None = None
+        #: failed sends per sink name, and the last reason; the daemon's control thread
+        #: reads and resets them (it logs the failure and reopens the sink)
         self.sink_errors: dict[str, int] = {}
+        self.sink_reasons: dict[str, str] = {}
 
     def due_index(self) -> int:
         return self._due
@@ -226,10 +229,8 @@ class Pacer(threading.Thread):
             try:
                 sink.send(frame, audio if sink.wants_audio else None)
             except Exception as exc:
-                n = self.sink_errors.get(sink.name, 0) + 1
-                self.sink_errors[sink.name] = n
-                if n == 1:
-                    log.error("sink %s failed: %s", sink.name, " ".join(str(exc).split()))
+                self.sink_reasons[sink.name] = " ".join(str(exc).split()) or type(exc).__name__
+                self.sink_errors[sink.name] = self.sink_errors.get(sink.name, 0) + 1
         self._last = frame
         self.stats.frames_emitted += 1
         self.stats.emit_times.append(now)

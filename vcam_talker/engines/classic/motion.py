@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vcam_talker.audio.melscale import mel_filters
 from vcam_talker.config import ClassicConfig
 
 
@@ -28,28 +29,6 @@ class Motion:
     sway_x: float = 0.0
     sway_y: float = 0.0
     sway_deg: float = 0.0
-
-
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
-    f = np.asarray(f, np.float64)
-    lin = f / (200.0 / 3)
-    log = 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / (np.log(6.4) / 27.0)
-    return np.where(f >= 1000.0, log, lin)
-
-
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, np.float64)
-    return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
-
-
-def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> tuple[np.ndarray, np.ndarray]:
-    """Area-normalised triangular mel filters (n_mels x n_fft//2+1) and their centre frequencies."""
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
-    bins = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    tri = np.maximum(0, np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)))
-    return (tri * (2.0 / (hi - lo))).astype(np.float32), edges[1:-1]
 
 
 class LogMel:

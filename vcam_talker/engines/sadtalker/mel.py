@@ -17,8 +17,9 @@ build windows as the spectrogram grows; :func:`last_mel_frame` says how far it m
 
 from __future__ import annotations
 
-import librosa
 import numpy as np
+
+from vcam_talker.audio.melscale import mel_filters
 
 from .audio_hparams import MelParams
 
@@ -57,10 +58,8 @@ class MelFrontend:
         if not (p.symmetric_mels and p.allow_clipping_in_normalization):
             raise ValueError("only the reference's symmetric, clipped normalisation is implemented")
         self.params = p
-        # librosa returns float32 filters; the reference multiplies them into float64 magnitudes
-        self.mel_basis = librosa.filters.mel(
-            sr=p.sample_rate, n_fft=p.n_fft, n_mels=p.num_mels, fmin=p.fmin, fmax=p.fmax
-        ).astype(np.float64)
+        # float32 filters, as librosa returns them; the reference multiplies them into float64 magnitudes
+        self.mel_basis = mel_filters(p.sample_rate, p.n_fft, p.num_mels, p.fmin, p.fmax)[0].astype(np.float64)
         win = np.hanning(p.win_size + 1)[:-1]  # periodic Hann
         lpad = (p.n_fft - p.win_size) // 2
         self.window = np.pad(win, (lpad, p.n_fft - p.win_size - lpad))

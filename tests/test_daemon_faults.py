@@ -1,0 +1,98 @@
+"""Device faults against the real daemon process (issue 4): the sound server dies and
+comes back; the camera keeps its frame rate meanwhile, and capture and the delayed mic
+recover by themselves."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import numpy as np
+
+from tests.conftest import espeak_wav
+from tests.daemon_proc import DaemonProc, base_config, free_port
+from tests.live_harness import RATE, envelope, onsets
+from tests.pulse_env import PrivatePulse
+from tests.test_daemon_reload import check_frames_continuous
+
+
+def test_pulseaudio_killed_and_restarted(tmp_path):
+    from vcam_talker.audio.capture import AudioCapture
+    from vcam_talker.audio.ring import AudioRing
+
+    wav = espeak_wav(tmp_path / "hello.wav", "Hello, I am back.")
+    pp = PrivatePulse()
+    try:
+        server = pp.start()
+        cfg = base_config(free_port(), audio={"input": "vcam_in_monitor", "output": "vcam_mic_sink"})
+        with DaemonProc(tmp_path, cfg, env=server.env) as d:
+            d.started()
+            time.sleep(1.0)
+            t_kill = time.monotonic()
+            pp.kill()
+            d.wait_for("audio input lost", since=t_kill, timeout=10)
+            time.sleep(2.0)
+            assert d.status()["input"] == "down" and d.alive()
+            t_up = time.monotonic()
+            server = pp.start()
+            t_back, _ = d.wait_for("audio input back", since=t_up, timeout=20)
+            d.wait_for("audio output back", since=t_up, timeout=20)
+            time.sleep(1.0)
+            # end to end again: speech into vcam_in comes out of the delayed mic
+            ring = AudioRing(RATE, 30.0)
+            with AudioCapture("vcam_mic_monitor", ring):
+                time.sleep(0.3)
+                subprocess.run(["paplay", "--device=vcam_in", str(wav)], env=server.env, check=True, timeout=30)
+                time.sleep(1.0)
+                mic = ring.read(ring.start, ring.end - ring.start)
+            st = d.status()
+            d.terminate()
+    finally:
+        pp.close()
+    assert st["input"] == "ok" and st["output"] == "ok"
+    assert len(onsets(envelope(mic))) == 1 and np.abs(mic).max() > 0.05
+    assert d.count("audio input lost") == 1  # logged once, not once per retry
+    times, frames = d.frames()
+    check_frames_continuous(times, frames)
+    print(f"\nPulseAudio restart: capture back {t_back - t_up:.1f} s after the server; "
+          f"largest frame gap {np.diff(times).max() * 1e3:.0f} ms")
+
+
+def test_camera_missing_at_start_then_vanishing(tmp_path):
+    import json
+
+    gone = tmp_path / "cam_gone"
+    gone.touch()
+    mp4 = tmp_path / "out.mp4"
+    cfg = base_config(free_port(), sinks={"ffmpeg": {"enabled": True, "target": str(mp4)}})
+    with DaemonProc(tmp_path, cfg, plugins="tests.recording_cam,tests.fault_plugin",
+                    extra_env={"VCAM_CAM_GONE_FILE": str(gone)}) as d:
+        t_start = time.monotonic()
+        _, line = d.wait_for("virtual camera unavailable")
+        assert "does not exist" in line and "modprobe v4l2loopback" in line
+        d.started()  # frames flow to the ffmpeg sink meanwhile
+        assert d.status()["sinks"]["virtualcam"] != "ok"
+        t = time.monotonic()
+        gone.unlink()
+        d.wait_for("is back", since=t, timeout=15)
+        time.sleep(1.0)
+        t = time.monotonic()
+        gone.touch()  # the device vanishes under a running camera
+        _, line = d.wait_for("failed (", since=t, timeout=5)
+        assert "No such device" in line and "reopening" in line
+        time.sleep(2.0)
+        t = time.monotonic()
+        gone.unlink()
+        d.wait_for("is back", since=t, timeout=15)
+        time.sleep(1.0)
+        st = d.status()
+        d.terminate()
+        t_end = time.monotonic()
+    assert st["sinks"] == {"virtualcam": "ok", "ffmpeg": "ok"}
+    assert d.count("failed (") == 1 and d.count("virtual camera unavailable") == 1  # once each, not per retry
+    times, frames = d.frames()  # the camera instance opened last
+    check_frames_continuous(times, frames)
+    # the recording went on through both camera outages
+    info = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_format", "-of", "json", str(mp4)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert float(info["format"]["duration"]) > (t_end - t_start) - 3.0

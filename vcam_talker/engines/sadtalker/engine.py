@@ -1,0 +1,566 @@
+"""SadTalkerEngine: our SadTalker networks behind the :class:`Engine` interface.
+
+One resident object per stage, built once from the checkpoints:
+
+- :class:`AudioStage`: audio2exp and audio2pose (mel windows → expression, head motion);
+- :class:`SourceStage`: face reconstruction (3DMM), keypoint detector, and the generator's
+  source encoder: everything that depends only on the avatar, run by ``prepare``;
+- :class:`MotionStage`: MappingNet + keypoint transformation (semantic window → keypoints);
+- :class:`FrameStage`: dense motion + SPADE decoder on the cached source volume.
+
+``prepare`` stores the crop, the 3DMM row, the keypoints and the source feature volume in the
+avatar cache; ``render`` never touches the source image again except for paste-back. The
+coefficient timeline (lookahead, pose chunks, blinks) lives in :mod:`.stream`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from vcam_talker.avatar import PreparedAvatar, prepare_avatar
+from vcam_talker.config import Config, SadTalkerConfig
+from vcam_talker.engines.base import Engine
+from vcam_talker.errors import CheckpointError, EngineError
+from vcam_talker.frames import AudioWindow, WindowSpec
+
+from .audio2exp import Audio2Exp
+from .audio2pose import Audio2Pose
+from .audio_hparams import AudioHParams
+from .checkpoint import load_strict, read_state_dict, split_prefix, training_only_prefixes
+from .face_recon import FaceReconNet, coeff_3dmm_row
+from .generator import OcclusionAwareSPADEGenerator
+from .hparams import RenderHParams
+from .keypoints import KPDetector, transform_keypoints
+from .mapping import MappingNet
+from .preprocess import align_for_recon, crop_face, crop_geometry, flip_landmarks_y, resize_source
+from .stream import BlinkSchedule, CoefficientStream, Latents, SourceCoeffs, StreamParams, coeff_frame
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+#: bump when the prepared arrays change meaning
+PREP_VERSION = "st-1"
+#: the five standard 3-D points of the 3DMM alignment (eyes, nose, mouth corners), from the
+#: reference's similarity_Lm3D_all.mat (Apache-2.0 data)
+LM3D_STD = np.array(
+    [
+        [-0.311486572, 0.290360779, 0.133779526],
+        [0.309798867, 0.289720356, 0.131795257],
+        [0.00325349881, -0.0461793244, 0.552442431],
+        [-0.252169281, -0.381339163, 0.224057317],
+        [0.248466194, -0.381282359, 0.22235769],
+    ],
+    dtype=np.float32,
+)
+MAPPING_FILES = {"crop": "mapping_00229-model.pth.tar", "full": "mapping_00109-model.pth.tar"}
+GFPGAN_FILE = "GFPGANv1.4.pth"
+#: prefixes of the combined file; anything else in it is an error
+COMBINED_PREFIXES = ("kp_extractor.", "generator.", "audio2exp.", "audio2pose.", "face_3drecon.")
+
+
+def combined_file(size: int) -> str:
+    return f"SadTalker_V0.0.2_{size}.safetensors"
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+
+
+class AudioStage:
+    """audio2exp + audio2pose, float32 on ``device``. Mel windows are N×80×16 float32."""
+
+    def __init__(self, a2e: Audio2Exp, a2p: Audio2Pose, device: torch.device) -> None:
+        self.a2e, self.a2p, self.device = a2e, a2p, device
+        self.seq_len = a2p.params.seq_len
+
+    def exp_embed(self, mels: torch.Tensor) -> torch.Tensor:
+        """N×80×16 -> N×c4 audio embeddings (CPU)."""
+        return self.a2e.embed(mels.to(self.device)[:, None]).cpu()
+
+    def exp_head(self, emb: torch.Tensor, ref_exp: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        """emb N×c4, ref_exp N×64, ratio N×1 -> N×64 expression coefficients (CPU)."""
+        d = self.device
+        return self.a2e.head(emb.to(d), ref_exp.to(d), ratio.to(d)).cpu()
+
+    def pose_embed(self, mels: torch.Tensor) -> torch.Tensor:
+        """N×80×16 -> N×c4 pose-encoder embeddings (CPU)."""
+        return self.a2p.audio_encoder(mels.to(self.device)[None, :, None])[0].cpu()
+
+    def pose_decode(self, emb: torch.Tensor, ref_pose: torch.Tensor, style: int, z: torch.Tensor) -> torch.Tensor:
+        """emb seq_len×c4, ref_pose 6, z 64 -> seq_len×6 head motion (CPU)."""
+        d = self.device
+        style_t = torch.tensor([int(style)], device=d)
+        return self.a2p.netG.decoder(z.to(d)[None], style_t, ref_pose.to(d)[None], emb.to(d)[None])[0].cpu()
+
+
+class SourceStage:
+    """Per-avatar networks: 3DMM reconstruction, canonical keypoints, source encoding."""
+
+    def __init__(
+        self,
+        kp_detector: KPDetector,
+        generator: OcclusionAwareSPADEGenerator,
+        face_recon: FaceReconNet | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.kp_detector, self.generator, self.face_recon = kp_detector, generator, face_recon
+        self.device, self.dtype = device, dtype
+
+    def coefficients(self, image224: np.ndarray) -> np.ndarray:
+        """224×224×3 uint8 aligned crop -> 257 3DMM coefficients (float32)."""
+        if self.face_recon is None:
+            raise EngineError("sadtalker: this engine was built without the face reconstruction net")
+        x = torch.from_numpy(np.ascontiguousarray(image224.transpose(2, 0, 1))).float().div(255)[None]
+        return self.face_recon(x.to(self.device))[0].float().cpu().numpy()
+
+    def encode(self, source: torch.Tensor) -> dict[str, torch.Tensor]:
+        """source 1×3×S×S in [0,1] -> ``kp_canonical`` 1×K×3 (float32), ``feature_3d``
+        1×Cf×D×S/4×S/4 and ``compressed`` 1×C×D×S/4×S/4 (generator dtype)."""
+        src = source.to(self.device)
+        kp = self.kp_detector(src.float())
+        feature = self.generator.encode_source(src.to(self.dtype))
+        return {"kp_canonical": kp, "feature_3d": feature, "compressed": self.generator.compress_source(feature)}
+
+
+class MotionStage:
+    """MappingNet + keypoint transformation, float32.
+
+    windows B×C×27 -> keypoints B×K×3, given the canonical keypoints 1×K×3.
+    """
+
+    def __init__(self, mapping: MappingNet, device: torch.device) -> None:
+        self.mapping, self.device = mapping, device
+
+    def __call__(self, windows: torch.Tensor, kp_canonical: torch.Tensor) -> torch.Tensor:
+        motion = self.mapping(windows.to(self.device).float())
+        return transform_keypoints(kp_canonical.to(self.device), motion)
+
+
+class FrameStage:
+    """The generator's per-frame part on a cached source.
+
+    feature_3d 1×Cf×D×h×w, compressed 1×C×D×h×w (generator dtype), kp_source / kp_driving
+    B×K×3 -> dict with ``prediction`` B×3×4h×4w in (0, 1) and the intermediates.
+    """
+
+    def __init__(self, generator: OcclusionAwareSPADEGenerator, dtype: torch.dtype, compile: bool = False) -> None:
+        self.generator, self.dtype = generator, dtype
+        self._fn: Callable[..., dict[str, torch.Tensor]] = self._run
+        if compile:
+            self._fn = torch.compile(self._run, dynamic=False)
+
+    def _run(self, feature_3d, compressed, kp_source, kp_driving):
+        return self.generator.forward_from_features(feature_3d, kp_source, kp_driving, compressed=compressed)
+
+    def __call__(self, feature_3d, compressed, kp_source, kp_driving) -> dict[str, torch.Tensor]:
+        b = kp_driving.shape[0]
+        kp_s = kp_source.to(self.dtype).expand(b, -1, -1)
+        return self._fn(feature_3d.expand(b, -1, -1, -1, -1), compressed.expand(b, -1, -1, -1, -1), kp_s,
+                        kp_driving.to(self.dtype))
+
+
+@dataclass
+class Stages:
+    """Every resident stage plus what built them."""
+
+    audio: AudioStage
+    source: SourceStage
+    motion: MotionStage
+    frame: FrameStage
+    render_hp: RenderHParams
+    audio_hp: AudioHParams
+    full: bool
+    device: torch.device
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """Where each network's weights are.
+
+    combined: the flat file with ``kp_extractor.``, ``generator.``, ``audio2exp.``,
+    ``audio2pose.`` (and ``face_3drecon.``) keys. mapping: the MappingNet file; with
+    ``mapping_entry`` (official ``.pth.tar``) the state is that dict entry, otherwise the
+    ``mapping_prefix`` keys of a flat file (the parity fixture keeps them in ``combined``).
+    """
+
+    combined: Path
+    mapping: Path
+    mapping_entry: str | None = "mapping"
+    mapping_prefix: str = ""
+    face_recon: bool = True
+
+
+def _empty(ctor: Callable[[], nn.Module]) -> nn.Module:
+    # built on the meta device: skipping random init saves seconds at official widths
+    with torch.device("meta"):
+        module = ctor()
+    return module.to_empty(device="cpu")
+
+
+def _load(ctor: Callable[[], nn.Module], state: dict, source: str, prefix: str, ignore: tuple[str, ...] = ()) -> nn.Module:
+    module = _empty(ctor)
+    load_strict(module, split_prefix(state, prefix), source=f"{source}:{prefix}", ignore_prefixes=ignore)
+    return module.eval()
+
+
+def load_stages(
+    layout: WeightLayout,
+    render_hp: RenderHParams = RenderHParams(),
+    audio_hp: AudioHParams = AudioHParams(),
+    *,
+    full: bool = False,
+    device: str | torch.device = "cpu",
+    half: bool = False,
+    compile: bool = False,
+) -> Stages:
+    """Build every stage and fill it strictly from ``layout`` (CheckpointError naming the
+    file on any corrupt file or missing/unexpected key). full: use the coeff-73 MappingNet."""
+    device = torch.device(device)
+    dtype = torch.float16 if half else torch.float32
+    name = layout.combined.name
+    state = read_state_dict(layout.combined)
+    known = COMBINED_PREFIXES + ((layout.mapping_prefix, "mapping.", "mapping_full.") if layout.mapping_entry is None else ())
+    stray = sorted(k for k in state if not k.startswith(known))
+    if stray:
+        more = f" (+{len(stray) - 5} more)" if len(stray) > 5 else ""
+        raise CheckpointError(f"{name}: unexpected keys outside the known networks: {', '.join(stray[:5])}{more}")
+    hp = render_hp
+    kp = _load(lambda: KPDetector(hp.kp_detector, hp.common), state, name, "kp_extractor.")
+    gen = _load(lambda: OcclusionAwareSPADEGenerator(hp.generator, hp.common), state, name, "generator.")
+    a2e = _load(lambda: Audio2Exp(audio_hp.audio2exp), state, name, "audio2exp.")
+    a2p = _load(lambda: Audio2Pose(audio_hp.audio2pose), state, name, "audio2pose.", training_only_prefixes("audio2pose."))
+    recon = _load(FaceReconNet, state, name, "face_3drecon.") if layout.face_recon else None
+    map_hp = hp.mapping_full if full else hp.mapping
+    if layout.mapping_entry is None:
+        mapping = _load(lambda: MappingNet(map_hp), state, name, layout.mapping_prefix)
+    else:
+        del state
+        mstate = read_state_dict(layout.mapping, entry=layout.mapping_entry)
+        mapping = _load(lambda: MappingNet(map_hp), mstate, layout.mapping.name, "")
+    for m in (kp, a2e, a2p, mapping, recon):
+        if m is not None:
+            m.to(device)
+    gen.to(device=device, dtype=dtype)
+    return Stages(
+        audio=AudioStage(a2e, a2p, device),
+        source=SourceStage(kp, gen, recon, device, dtype),
+        motion=MotionStage(mapping, device),
+        frame=FrameStage(gen, dtype, compile),
+        render_hp=hp,
+        audio_hp=audio_hp,
+        full=full,
+        device=device,
+        dtype=dtype,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Per-avatar preparation
+# --------------------------------------------------------------------------------------------
+
+
+def source_crop(image: np.ndarray, lm68: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """The reference's face crop of a framed avatar image.
+
+    image: H×W×3 uint8; lm68: 68×2 landmarks in it. Returns ``source`` size×size×3 uint8,
+    ``landmarks`` 68×2 in the source (mapped, not re-detected) and ``paste_box`` (x0, y0, w, h)
+    of the crop in ``image`` pixels.
+    """
+    h, w = image.shape[:2]
+    geometry = crop_geometry(lm68, (w, h))
+    crop = crop_face(image, geometry)
+    ch, cw = crop.shape[:2]
+    if ch < 8 or cw < 8:
+        raise EngineError(f"sadtalker: the face crop is only {cw}x{ch} px; use a larger face")
+    sx, sy = w / geometry.resized[0], h / geometry.resized[1]
+    ox, oy = geometry.origin
+    lm = np.asarray(lm68, np.float64) / (sx, sy) - (ox, oy)
+    lm = lm * (size / cw, size / ch)
+    box = np.array([round(ox * sx), round(oy * sy), round(cw * sx), round(ch * sy)], np.int64)
+    return {"source": resize_source(crop, size), "landmarks": lm.astype(np.float32), "paste_box": box}
+
+
+def prepare_arrays(stages: Stages, image: np.ndarray, lm68: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """Everything render() needs from one framed avatar image (see ``SadTalkerEngine.prepare``).
+
+    Returns float32/uint8/int arrays: ``source`` S×S×3, ``paste_box`` 4, ``trans_params`` 5,
+    ``coeff`` 73 (exp ‖ angle ‖ trans ‖ s, tx, ty), ``kp_canonical`` / ``kp_source`` K×3,
+    ``feature_3d`` Cf×D×S/4×S/4, ``compressed`` C×D×S/4×S/4.
+    """
+    crop = source_crop(image, lm68, size)
+    src = crop["source"]
+    aligned = align_for_recon(src, flip_landmarks_y(crop["landmarks"], size), LM3D_STD)
+    with torch.inference_mode():
+        coeffs = stages.source.coefficients(aligned.image)
+        row = coeff_3dmm_row(coeffs[None], aligned.trans_params)[0]
+        x = torch.from_numpy(np.ascontiguousarray(src.transpose(2, 0, 1))).float().div(255)[None]
+        enc = stages.source.encode(x)
+        window = SourceCoeffs.from_row(row, stages.full).source_window()
+        kp_source = stages.motion(torch.from_numpy(window)[None], enc["kp_canonical"])
+    out = {k: v[0].float().cpu().numpy() for k, v in enc.items()}
+    out.update(
+        source=src,
+        paste_box=crop["paste_box"],
+        trans_params=aligned.trans_params,
+        coeff=row,
+        kp_source=kp_source[0].float().cpu().numpy(),
+    )
+    return out
+
+
+def feather_mask(w: int, h: int, fraction: float = 0.08) -> np.ndarray:
+    """h×w×1 float32 blend weights: 1 inside, a smooth ramp to 0 over the border band."""
+    band = max(2.0, fraction * min(w, h))
+    x = np.minimum(np.arange(w) + 0.5, w - np.arange(w) - 0.5) / band
+    y = np.minimum(np.arange(h) + 0.5, h - np.arange(h) - 0.5) / band
+    m = np.clip(np.minimum(y[:, None], x[None, :]), 0, 1)
+    return (m * m * (3 - 2 * m)).astype(np.float32)[..., None]
+
+
+@dataclass
+class AvatarContext:
+    """One prepared avatar's arrays, on the device, ready for every frame."""
+
+    image: np.ndarray
+    coeffs: SourceCoeffs
+    kp_canonical: torch.Tensor
+    kp_source: torch.Tensor
+    feature_3d: torch.Tensor
+    compressed: torch.Tensor
+    paste_box: tuple[int, int, int, int]
+    mask: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EngineError("engine.sadtalker.device: cuda requested but torch sees no CUDA device; use auto or cpu")
+    return torch.device(name)
+
+
+def weights_dir(config: Config) -> Path:
+    """engine.sadtalker.weights_dir (relative to the config file), else the default folder."""
+    raw = config.engine.sadtalker.weights_dir
+    if raw:
+        p = Path(raw).expanduser()
+        if not p.is_absolute() and config.source is not None:
+            p = config.source.parent / p
+        return p
+    try:
+        from vcam_talker import weights
+    except ImportError:  # a checkout without the weights module: its documented default
+        return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "vcam-talker" / "weights"
+    return Path(weights.default_dir())
+
+
+def missing_weights(group: str, directory: Path, names: list[str]) -> list[str]:
+    """File names of ``group`` absent from ``directory`` (vcam_talker.weights decides)."""
+    try:
+        from vcam_talker import weights
+    except ImportError:  # the weights module is optional in a bare checkout
+        return [n for n in names if not (directory / n).is_file()]
+    return [e.name for e in weights.missing_for(group, directory)]
+
+
+class SadTalkerEngine(Engine):
+    """SadTalker as a streaming engine; config in ``engine.sadtalker``."""
+
+    name = "sadtalker"
+
+    def __init__(self, config: Config, *, stages: Stages | None = None) -> None:
+        self.config = config
+        st: SadTalkerConfig = config.engine.sadtalker
+        self.st = st
+        self.full = st.preprocess == "full"
+        #: optional face enhancer: size×size×3 uint8 -> same; runs before paste-back
+        self.enhancer: Callable[[np.ndarray], np.ndarray] | None = None
+        if stages is None:
+            device = resolve_device(st.device)
+            if st.half and device.type != "cuda":
+                raise EngineError("engine.sadtalker.half: float16 needs a CUDA device; set half: false on CPU")
+            directory = self.weights_dir = weights_dir(config)
+            group = f"sadtalker-{st.size}"
+            names = [combined_file(st.size), MAPPING_FILES["crop"], MAPPING_FILES["full"]]
+            missing = missing_weights(group, directory, names)
+            if missing:
+                listed = ", ".join(
+                    f"{n} (incomplete: {(directory / n).stat().st_size} bytes)" if (directory / n).is_file() else n
+                    for n in missing
+                )
+                raise EngineError(
+                    f"engine sadtalker: missing weights {listed} in {directory}; "
+                    f"run `vcam-talker weights download --only {group}`"
+                )
+            self._check_enhancer(directory)
+            layout = WeightLayout(directory / combined_file(st.size), directory / MAPPING_FILES[st.preprocess])
+            stages = load_stages(layout, full=self.full, device=device, half=st.half, compile=st.compile)
+            self.weights_id = _files_identity([layout.combined, layout.mapping])
+        else:
+            self.weights_dir = None
+            self.weights_id = "custom"
+        self.stages = stages
+        self.size = st.size
+        params = StreamParams(
+            lookahead=st.lookahead_frames,
+            pose_chunk=min(st.pose_chunk, stages.audio.seq_len),
+            style=st.pose_style,
+            still=st.still,
+            expression_scale=st.expression_scale,
+            mel=stages.audio_hp.mel,
+        )
+        before, after = params.window_samples(config.video.fps)
+        self._spec = WindowSpec(SAMPLE_RATE, before / SAMPLE_RATE, after / SAMPLE_RATE)
+        self.stream = CoefficientStream(
+            stages.audio, params, blink=BlinkSchedule(st.seed, st.blink), latents=Latents(st.seed + 1)
+        )
+        self._detector = None
+        self._contexts: OrderedDict[int, AvatarContext] = OrderedDict()
+        self._last: tuple[int, int, np.ndarray] | None = None
+
+    def _check_enhancer(self, directory: Path) -> None:
+        if self.st.enhancer == "gfpgan":
+            if not (directory / GFPGAN_FILE).is_file():
+                raise EngineError(
+                    f"engine.sadtalker.enhancer: gfpgan needs {GFPGAN_FILE} in {directory}; "
+                    "set enhancer: none or put the file there"
+                )
+            raise EngineError(
+                "engine.sadtalker.enhancer: gfpgan is not built into this version; set enhancer: none "
+                "(a plugin can set SadTalkerEngine.enhancer instead)"
+            )
+
+    # -- Engine interface -------------------------------------------------------------------
+
+    @property
+    def window_spec(self) -> WindowSpec:
+        return self._spec
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.config.video.width, self.config.video.height
+
+    def detector(self):
+        if self._detector is None:
+            from vcam_talker.avatar.landmarks import LandmarkDetector
+
+            self._detector = LandmarkDetector(self.config.avatar.landmarks)
+        return self._detector
+
+    def prepare(self, image_path: str | Path) -> PreparedAvatar:
+        """Crop, 3DMM coefficients, keypoints and the source feature volume, through the cache."""
+        tag = f"{PREP_VERSION}-{self.size}-{self.st.preprocess}-{self.weights_id}"
+        return prepare_avatar(
+            Path(image_path),
+            self.config,
+            self.name,
+            precompute=lambda av: prepare_arrays(self.stages, av.image, av.landmarks, self.size),
+            detector=self.detector,
+            cache_tag=tag,
+        )
+
+    def context(self, avatar: PreparedAvatar) -> AvatarContext:
+        """The avatar's arrays on the device (built once per avatar; two kept for swaps)."""
+        key = id(avatar)
+        ctx = self._contexts.get(key)
+        if ctx is not None and ctx.image is avatar.image:
+            return ctx
+        d, s = avatar.data, self.stages
+        dev, dt = s.device, s.dtype
+        x0, y0, w, h = (int(v) for v in d["paste_box"])
+        ctx = AvatarContext(
+            image=avatar.image,
+            coeffs=SourceCoeffs.from_row(d["coeff"], self.full),
+            kp_canonical=torch.from_numpy(d["kp_canonical"])[None].to(dev),
+            kp_source=torch.from_numpy(d["kp_source"])[None].to(dev),
+            feature_3d=torch.from_numpy(d["feature_3d"])[None].to(dev, dt),
+            compressed=torch.from_numpy(d["compressed"])[None].to(dev, dt),
+            paste_box=(x0, y0, w, h),
+            mask=feather_mask(w, h),
+        )
+        self._contexts[key] = ctx
+        while len(self._contexts) > 2:
+            self._contexts.popitem(last=False)
+        return ctx
+
+    def render(self, window: AudioWindow, avatar: PreparedAvatar) -> np.ndarray:
+        ctx = self.context(avatar)
+        frame = coeff_frame(window.t)
+        centre = int(round(window.t * window.sample_rate))
+        self.stream.set_source(ctx.coeffs)
+        self.stream.ingest(window.samples, centre - self._spec.before, frame)
+        if self._last is not None and self._last[:2] == (frame, id(ctx)):
+            return self._last[2]  # video faster than 25 fps: same coefficient frame
+        face = self.render_face(frame, ctx)
+        if self.enhancer is not None:
+            face = self.enhancer(face)
+        out = self.compose(face, ctx)
+        self._last = (frame, id(ctx), out)
+        return out
+
+    def render_face(self, frame: int, ctx: AvatarContext) -> np.ndarray:
+        """The face crop for coefficient ``frame``: size×size×3 uint8."""
+        window = torch.from_numpy(self.stream.window(frame, ctx.coeffs))[None]
+        with torch.inference_mode():
+            kp_driving = self.stages.motion(window, ctx.kp_canonical)
+            pred = self.stages.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_driving)["prediction"]
+            img = (pred[0].float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return img.permute(1, 2, 0).cpu().numpy()
+
+    def compose(self, face: np.ndarray, ctx: AvatarContext) -> np.ndarray:
+        """'full': paste the face back into the framed avatar with a feathered seam;
+        'crop': the face crop scaled to cover the frame."""
+        W, H = self.frame_size
+        if not self.full:
+            scale = max(W, H) / face.shape[0]
+            big = cv2.resize(face, (round(face.shape[1] * scale), round(face.shape[0] * scale)),
+                             interpolation=cv2.INTER_LINEAR if scale >= 1 else cv2.INTER_AREA)
+            y0, x0 = (big.shape[0] - H) // 2, (big.shape[1] - W) // 2
+            return np.ascontiguousarray(big[y0 : y0 + H, x0 : x0 + W])
+        x0, y0, w, h = ctx.paste_box
+        out = ctx.image.copy()
+        region = out[y0 : y0 + h, x0 : x0 + w]
+        rh, rw = region.shape[:2]
+        interp = cv2.INTER_LINEAR if w >= face.shape[1] else cv2.INTER_AREA
+        patch = cv2.resize(face, (w, h), interpolation=interp)[:rh, :rw].astype(np.float32)
+        m = ctx.mask[:rh, :rw]
+        region[:] = (region * (1 - m) + patch * m + 0.5).astype(np.uint8)
+        return out
+
+    def reset(self) -> None:
+        self.stream.reset()
+        self._last = None
+
+    def close(self) -> None:
+        self._contexts.clear()
+        self._last = None
+        if self.stages.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _files_identity(paths: list[Path]) -> str:
+    """A short id of checkpoint files by name, size and mtime (hashing 725 MB per start is slow)."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:12]

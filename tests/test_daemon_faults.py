@@ -96,3 +96,31 @@ def test_camera_missing_at_start_then_vanishing(tmp_path):
     info = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_format", "-of", "json", str(mp4)],
                                      capture_output=True, text=True, check=True).stdout)
     assert float(info["format"]["duration"]) > (t_end - t_start) - 3.0
+
+
+def test_nan_and_inf_from_the_input_device(pulse_server, tmp_path):
+    """A float32 sound-server device really delivers NaN and inf (PulseAudio passes them
+    through): the daemon zeroes and counts them, says so in one line, and keeps going."""
+    module = pulse_server.pactl("load-module", "module-null-sink", "sink_name=vcam_f32", "format=float32le",
+                                "rate=48000", "channels=1").strip()
+    try:
+        cfg = base_config(free_port(), audio={"input": "vcam_f32.monitor", "output": "none"})
+        with DaemonProc(tmp_path, cfg, env=pulse_server.env) as d:
+            d.started()
+            x = (0.5 * np.sin(np.arange(48000) * 2 * np.pi * 220 / 48000)).astype(np.float32)
+            x[10000:10100] = np.nan
+            x[20000:20050] = np.inf
+            t = time.monotonic()
+            subprocess.run(["pacat", "--playback", "--device=vcam_f32", "--format=float32le", "--rate=48000",
+                            "--channels=1", "--raw"], input=x.tobytes(), env=pulse_server.env, check=True, timeout=20)
+            _, line = d.wait_for("NaN or infinite samples", since=t, timeout=10)
+            time.sleep(1.0)
+            st = d.status()
+            assert d.alive() and st["input"] == "ok"
+            d.terminate()
+    finally:
+        pulse_server.pactl("unload-module", module)
+    assert st["capture"]["nan_samples"] >= 150 and st["engine_errors"] == 0
+    assert d.count("NaN or infinite samples") == 1
+    times, frames = d.frames()
+    check_frames_continuous(times, frames)

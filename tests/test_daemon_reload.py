@@ -78,6 +78,9 @@ def test_invalid_config_and_bad_avatars_keep_the_daemon_running(tmp_path):
     Image.fromarray(np.tile(np.linspace(0, 255, 320, dtype=np.uint8), (240, 1))).save(no_face)
     not_image = tmp_path / "notes.png"
     not_image.write_text("this is not a picture\n")
+    weights = tmp_path / "weights"  # a download that stopped after 1000 bytes
+    weights.mkdir()
+    (weights / "SadTalker_V0.0.2_256.safetensors").write_bytes(os.urandom(1000))
     bad = [
         ({"video": {"fps": 0}}, "video.fps: must be 1..60, got 0"),
         ({"video": {"width": "wide"}}, "video.width"),
@@ -85,6 +88,8 @@ def test_invalid_config_and_bad_avatars_keep_the_daemon_running(tmp_path):
         ({"avatar": {"imgae": "x.png"}}, "did you mean 'image'"),
         ({"avatar": {"image": str(no_face)}}, "no face"),
         ({"avatar": {"image": str(not_image)}}, "notes.png"),
+        ({"engine": {"name": "sadtalker", "sadtalker": {"weights_dir": str(weights)}}},
+         "SadTalker_V0.0.2_256.safetensors (incomplete: 1000 bytes)"),
     ]
     with DaemonProc(tmp_path, cfg) as d:
         d.started()
@@ -101,6 +106,7 @@ def test_invalid_config_and_bad_avatars_keep_the_daemon_running(tmp_path):
             time.sleep(0.3)
             st = d.status()
             assert d.alive() and st["frames_emitted"] > before and st["avatar"] == str(DEFAULT_AVATAR)
+            assert st["engine"] == "classic"
         assert d.status()["reload_errors"] == len(bad)
         # a good edit after all that still applies
         t = time.monotonic()

@@ -86,6 +86,8 @@ class Health:
     playback_moved_at: float = 0.0
     source_down: bool = False
     playback_down: bool = False
+    bad_samples_reported: int = 0
+    bad_samples_logged_at: float = -1e9
 
 
 class Daemon:
@@ -361,6 +363,13 @@ class Daemon:
                 except VcamError as exc:
                     log.debug("audio input still unavailable: %s", exc)
                     self._source_down(now)
+        # NaN/inf from the source are zeroed by the capture; say so, at most once a minute
+        stats = getattr(self.source, "stats", None) if not self.demo else None
+        bad = getattr(stats, "nan_samples", 0)
+        if bad > h.bad_samples_reported and now - h.bad_samples_logged_at >= 60.0:
+            log.warning("audio input: %d NaN or infinite samples so far, replaced with silence; "
+                        "the source device or driver is faulty", bad)
+            h.bad_samples_reported, h.bad_samples_logged_at = bad, now
         # output: retried on its own; capture and video go on meanwhile
         if self.cfg.audio.output != "none":
             if self.playback is not None:

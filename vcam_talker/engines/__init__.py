@@ -22,6 +22,9 @@ def create_engine(config: "Config") -> "Engine":
 
         return ClassicEngine(config)
     if name == "sadtalker":
+        from vcam_talker.engines.sadtalker.files import check_weights
+
+        check_weights(config)  # refuse before importing torch: that import stalls every thread
         from vcam_talker.engines.sadtalker.engine import SadTalkerEngine
 
         return SadTalkerEngine(config)

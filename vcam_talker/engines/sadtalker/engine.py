@@ -39,6 +39,7 @@ from .audio2pose import Audio2Pose
 from .audio_hparams import AudioHParams
 from .checkpoint import load_strict, read_state_dict, split_prefix, training_only_prefixes
 from .face_recon import FaceReconNet, coeff_3dmm_row
+from .files import MAPPING_FILES, check_weights, combined_file
 from .generator import OcclusionAwareSPADEGenerator
 from .hparams import RenderHParams
 from .keypoints import KPDetector, transform_keypoints
@@ -63,14 +64,9 @@ LM3D_STD = np.array(
     ],
     dtype=np.float32,
 )
-MAPPING_FILES = {"crop": "mapping_00229-model.pth.tar", "full": "mapping_00109-model.pth.tar"}
 GFPGAN_FILE = "GFPGANv1.4.pth"
 #: prefixes of the combined file; anything else in it is an error
 COMBINED_PREFIXES = ("kp_extractor.", "generator.", "audio2exp.", "audio2pose.", "face_3drecon.")
-
-
-def combined_file(size: int) -> str:
-    return f"SadTalker_V0.0.2_{size}.safetensors"
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,30 +354,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def weights_dir(config: Config) -> Path:
-    """engine.sadtalker.weights_dir (relative to the config file), else the default folder."""
-    raw = config.engine.sadtalker.weights_dir
-    if raw:
-        p = Path(raw).expanduser()
-        if not p.is_absolute() and config.source is not None:
-            p = config.source.parent / p
-        return p
-    try:
-        from vcam_talker import weights
-    except ImportError:  # a checkout without the weights module: its documented default
-        return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "vcam-talker" / "weights"
-    return Path(weights.default_dir())
-
-
-def missing_weights(group: str, directory: Path, names: list[str]) -> list[str]:
-    """File names of ``group`` absent from ``directory`` (vcam_talker.weights decides)."""
-    try:
-        from vcam_talker import weights
-    except ImportError:  # the weights module is optional in a bare checkout
-        return [n for n in names if not (directory / n).is_file()]
-    return [e.name for e in weights.missing_for(group, directory)]
-
-
 class SadTalkerEngine(Engine):
     """SadTalker as a streaming engine; config in ``engine.sadtalker``."""
 
@@ -398,19 +370,7 @@ class SadTalkerEngine(Engine):
             device = resolve_device(st.device)
             if st.half and device.type != "cuda":
                 raise EngineError("engine.sadtalker.half: float16 needs a CUDA device; set half: false on CPU")
-            directory = self.weights_dir = weights_dir(config)
-            group = f"sadtalker-{st.size}"
-            names = [combined_file(st.size), MAPPING_FILES["crop"], MAPPING_FILES["full"]]
-            missing = missing_weights(group, directory, names)
-            if missing:
-                listed = ", ".join(
-                    f"{n} (incomplete: {(directory / n).stat().st_size} bytes)" if (directory / n).is_file() else n
-                    for n in missing
-                )
-                raise EngineError(
-                    f"engine sadtalker: missing weights {listed} in {directory}; "
-                    f"run `vcam-talker weights download --only {group}`"
-                )
+            directory = self.weights_dir = check_weights(config)
             self._check_enhancer(directory)
             layout = WeightLayout(directory / combined_file(st.size), directory / MAPPING_FILES[st.preprocess])
             stages = load_stages(layout, full=self.full, device=device, half=st.half, compile=st.compile)

@@ -54,7 +54,8 @@ def main() -> None:
     from vcam_talker.config import to_dict
     from vcam_talker.engines.classic.engine import ClassicEngine
 
-    with tempfile.TemporaryDirectory() as tmp, private_pulse() as env:
+    with tempfile.TemporaryDirectory() as tmp, private_pulse() as server:
+        env = server.env
         tmp = Path(tmp)
         os.environ["VCAM_TALKER_CACHE"] = str(tmp / "cache")
         texts = (TEXTS * 20)

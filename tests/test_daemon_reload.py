@@ -286,3 +286,31 @@ def test_failing_engine_falls_back_to_classic(caplog):
     times, frames = RecordingCamera.instances[-1].snapshot()
     check_frames_continuous(times, frames)
     assert np.abs(np.diff(frames[-20:].astype(np.int16), axis=0)).max() > 0  # animating again
+
+
+def test_editing_the_avatar_image_itself_reloads(tmp_path, second_avatar):
+    """Saving over the avatar file (same path, new picture) is a swap too."""
+    import shutil
+
+    face = tmp_path / "me.png"
+    shutil.copy(DEFAULT_AVATAR, face)
+    cfg = base_config(free_port(), avatar={"image": str(face)})
+    with DaemonProc(tmp_path, cfg) as d:
+        d.started()
+        time.sleep(0.5)
+        t = time.monotonic()
+        tmp = tmp_path / "me.png.tmp"
+        shutil.copy(second_avatar, tmp)
+        os.replace(tmp, face)  # how image editors save
+        _, line = d.wait_for("reloaded (file changed)", since=t)
+        assert "avatar" in line
+        time.sleep(1.0)
+        assert d.count("reloaded (", since=t) == 1
+        d.terminate()
+    times, frames = d.frames()
+    check_frames_continuous(times, frames)
+    f = frames.astype(np.float32)
+    # the picture changed: the last second differs from the first one far more than the
+    # talking mouth alone could make it
+    first, last = np.median(f[times < t], axis=0), np.median(f[times > times[-1] - 0.8], axis=0)
+    assert np.abs(first - last).mean() > 10

@@ -449,3 +449,28 @@ def test_full_size_refusals(official_dir, tmp_path):
         SadTalkerEngine(sadtalker_config(weights_dir=str(bad), device="cpu"))
     msg = str(err.value)
     assert "\n" not in msg and combined_file(256) in msg and "corrupt" in msg
+
+
+def test_render_cli_end_to_end_with_full_size_random_weights(official_dir, tmp_path, speech_wav, monkeypatch):
+    """`vcam-talker render --engine sadtalker` with random official-shape weights: the mp4
+    has the asked size, fps, frame count and duration (looks cannot be judged without the
+    real weights). 0.4 s at 5 fps keeps the CPU time to two generator runs."""
+    import subprocess
+
+    monkeypatch.setenv("VCAM_TALKER_CACHE", str(tmp_path / "cache"))
+    wav, rate = sf.read(speech_wav, dtype="float32")
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, wav[int(0.5 * rate):int(0.9 * rate)], rate)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"engine": {"sadtalker": {"weights_dir": str(official_dir), "device": "cpu"}}}))
+    out = tmp_path / "st.mp4"
+    rc = cli.main(["render", "--config", str(cfg), "--engine", "sadtalker", "--audio", str(clip), "--out", str(out),
+                   "--fps", "5", "--size", "128x128", "-q"])
+    assert rc == 0
+    info = json.loads(subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-show_format",
+                                      "-of", "json", str(out)], capture_output=True, text=True, check=True).stdout)
+    v = next(s for s in info["streams"] if s["codec_type"] == "video")
+    a = next(s for s in info["streams"] if s["codec_type"] == "audio")
+    assert (v["width"], v["height"], v["r_frame_rate"], int(v["nb_read_frames"])) == (128, 128, "5/1", 2)
+    assert int(a["sample_rate"]) == rate
+    assert abs(float(info["format"]["duration"]) - 0.4) <= 0.2 + 0.05  # within one frame (plus AAC padding)

@@ -1,7 +1,7 @@
 """SadTalker engine speed: weight load, avatar prepare, per-frame render (ms, fps).
 
     .venv/bin/python benchmarks/bench_sadtalker.py [--quick] [--frames N] [--json PATH]
-        [--half] [--sizes 256,512] [--faces FILE.npz | --record-faces FILE.npz]
+        [--half] [--compile] [--sizes 256,512] [--faces FILE.npz | --record-faces FILE.npz]
 
 Official widths with random weights (written in the official file layout and read back
 through the engine's loader), on whatever device ``engine.sadtalker.device: auto`` picks,
@@ -190,15 +190,16 @@ def _sync(engine: SadTalkerEngine) -> None:
 
 
 def bench_full(size: int, frames: int, audio: np.ndarray, tmp: Path, device: torch.device,
-               half: bool = False) -> tuple[list, dict]:
-    label = f"{size} {'fp16' if half else 'fp32'}"
+               half: bool = False, compile: bool = False) -> tuple[list, dict]:
+    label = f"{size} {'fp16' if half else 'fp32'}{' compiled' if compile else ''}"
     t = time.perf_counter()
     layout = write_random_weights(tmp, size)
     t_write = time.perf_counter() - t
     t = time.perf_counter()
-    stages = load_stages(layout, device=device, half=half)
+    stages = load_stages(layout, device=device, half=half, compile=compile)
     t_load = time.perf_counter() - t
-    engine = SadTalkerEngine(config(preprocess="crop", device=device.type, size=size, half=half), stages=stages)
+    engine = SadTalkerEngine(config(preprocess="crop", device=device.type, size=size, half=half, compile=compile),
+                             stages=stages)
     t = time.perf_counter()
     av = engine.prepare(C.DEFAULT_AVATAR)
     t_prep = time.perf_counter() - t
@@ -251,6 +252,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 frames, fewer variants")
     ap.add_argument("--sizes", default="256", help="comma-separated render sizes (256, 512)")
     ap.add_argument("--half", action="store_true", help="also time float16 (CUDA only), side by side")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd generators, side by side")
     ap.add_argument("--faces", type=Path, help="replay faces recorded with --record-faces (no dlib needed)")
     ap.add_argument("--record-faces", type=Path, help="detect the default avatar's faces, save them, exit")
     args = ap.parse_args()
@@ -267,10 +269,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["VCAM_TALKER_CACHE"] = str(Path(tmp) / "cache")
         for size in sizes:
-            for half in ([False, True] if args.half and device.type == "cuda" else [False]):
-                d = Path(tmp) / f"w{size}{int(half)}"
+            variants = [(h, c) for h in ([False, True] if args.half and device.type == "cuda" else [False])
+                        for c in ([False, True] if args.compile else [False])]
+            for half, compiled in variants:
+                d = Path(tmp) / f"w{size}{int(half)}{int(compiled)}"
                 d.mkdir()
-                full_rows, _ = bench_full(size, frames, audio, d, device, half)
+                full_rows, _ = bench_full(size, frames, audio, d, device, half, compiled)
                 rows += full_rows
                 for f in d.iterdir():  # 725 MB each: do not keep them around
                     f.unlink()

@@ -164,27 +164,35 @@ def av_offsets(run: LiveRun, hop_s: float = 0.005) -> np.ndarray:
             out.append(run.frame_times[first[0]] - t)
     return np.array(out)
 
-def chunk_alignment(src: np.ndarray, mic: np.ndarray, lag0: int, rate: int = RATE, chunk_s: float = 0.08,
-                    search_s: float = 0.03, loud_ratio: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Finds each loud chunk of ``src`` in ``mic`` (which should be src delayed by about
-    ``lag0`` samples, give or take a stretch of a few percent).
+def chunk_alignment(src: np.ndarray, mic: np.ndarray, lag0: int, rate: int = RATE, chunk_s: float = 0.04,
+                    search_s: float = 0.03, track_s: float = 0.002,
+                    loud_ratio: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Follows ``src`` through ``mic`` (src delayed by about ``lag0`` samples, possibly
+    resampled by a few percent), one loud chunk at a time.
 
-    Returns (index of each loud chunk, its lag in samples, the normalised correlation at
-    that lag). A dropped or repeated block inside speech shows up as a step in the lag
-    between two adjacent loud chunks; resampling by the playback's 1.5 % at most moves
-    it by well under a millisecond per chunk.
+    A chunk that directly follows a loud chunk with no silence between them (no 10 ms
+    below the playback's splice level, -45 dBFS peak) is searched only within ``track_s``
+    of its neighbour's lag, as a stretch of at most 1.5 % moves it 0.6 ms per 40 ms; so
+    the lag cannot jump a pitch period on voiced sound, and a block dropped or repeated
+    inside speech leaves the chunks after it without a match. Any other chunk is searched
+    within ``search_s``: silence may legitimately be spliced in or out there.
+
+    Returns (index of each loud chunk, its lag in samples, the normalised correlation).
     """
     n = int(chunk_s * rate)
-    w = int(search_s * rate)
     k = len(src) // n
     rms = np.sqrt((src[: k * n].reshape(k, n) ** 2).mean(1))
     loud = np.flatnonzero(rms > loud_ratio * rms.max())
+    sub = int(0.01 * rate)
+    peaks = np.abs(src[: len(src) // sub * sub]).reshape(-1, sub).max(1)
+    silent_sub = peaks < 10 ** (-45 / 20)
     idx, lags, corrs = [], [], []
     prev_i, prev_lag = -2, lag0
     for i in loud:
         a = src[i * n:(i + 1) * n]
-        centre = prev_lag if i == prev_i + 1 else lag0
-        b0 = i * n + centre - w
+        joined = i == prev_i + 1 and not silent_sub[(i - 1) * n // sub:(i + 1) * n // sub].any()
+        w = int((track_s if joined else search_s) * rate)
+        b0 = i * n + prev_lag - w
         if b0 < 0 or b0 + n + 2 * w > len(mic):
             continue
         b = mic[b0:b0 + n + 2 * w]
@@ -192,7 +200,7 @@ def chunk_alignment(src: np.ndarray, mic: np.ndarray, lag0: int, rate: int = RAT
         energy = np.sqrt(np.convolve(b ** 2, np.ones(n), mode="valid")) * np.sqrt((a ** 2).sum()) + 1e-12
         c = c / energy
         j = int(np.argmax(c))
-        lag = centre - w + j
+        lag = prev_lag - w + j
         idx.append(i)
         lags.append(lag)
         corrs.append(float(c[j]))
@@ -200,13 +208,25 @@ def chunk_alignment(src: np.ndarray, mic: np.ndarray, lag0: int, rate: int = RAT
     return np.array(idx), np.array(lags), np.array(corrs)
 
 
-def av_offset_xcorr(run: LiveRun, hop_s: float = 0.005, max_lag_s: float = 0.3) -> float:
+def utterance_spans(run: LiveRun, before_s: float = 0.3) -> list[tuple[float, float]]:
+    """(start, end) monotonic times of each utterance in the delayed mic, from just before
+    its onset to just before the next one."""
+    on = run.mic_t0 + onsets(envelope(run.mic))
+    ends = list(on[1:] - before_s) + [run.mic_t0 + len(run.mic) / RATE]
+    return [(t - before_s, e) for t, e in zip(on, ends)]
+
+
+def av_offset_xcorr(run: LiveRun, hop_s: float = 0.005, max_lag_s: float = 0.3,
+                    span: tuple[float, float] | None = None) -> float:
     """Offset (s) of the mouth-opening signal against the delayed mic's loudness, by
     cross-correlation on a common clock (positive: the picture is late). Each frame is held
-    from its send time to the next, as a camera reader would see it."""
+    from its send time to the next, as a camera reader would see it. ``span``: only this
+    (monotonic) time range, e.g. one utterance."""
     m = mouth_signal(run)
     t0 = max(run.frame_times[0], run.mic_t0)
     t1 = min(run.frame_times[-1], run.mic_t0 + len(run.mic) / RATE)
+    if span is not None:
+        t0, t1 = max(t0, span[0]), min(t1, span[1])
     grid = np.arange(t0, t1, hop_s)
     idx = np.searchsorted(run.frame_times, grid, side="right") - 1
     mouth = m[np.clip(idx, 0, len(m) - 1)]

@@ -35,45 +35,49 @@ def mouth_crop(tmp_path_factory):
 
 
 def check_audio_complete(run):
-    """Every utterance arrives in the mic, whole and in order. Each loud 80 ms chunk of
-    what the daemon captured is located in the mic recording: its correlation there must
-    be high (the mic is the input, delayed), and the lag between adjacent chunks must not
-    step (a dropped or repeated block inside speech would shift everything after it by
-    a block; stretching by the allowed 1.5 % moves it 3.6 ms over the 240 ms compared).
-    Returns (latency per utterance in s, median chunk correlation, largest lag step in s)."""
+    """Every utterance arrives in the mic, whole and in order: each loud 40 ms chunk of what
+    the daemon captured is followed through the mic recording (chunk_alignment tolerates
+    the playback's 1.5 % stretch, not a jump). A drop or repeat of 40-100 ms or more inside
+    speech leaves chunks with no match (correlation under 0.5); a single 10 ms block on
+    voiced speech can look like one pitch period, so the daemon's own count of samples
+    lost before playing is checked as well.
+    Returns (latency per utterance in s, median chunk correlation, worst chunk)."""
     src_on = onsets(envelope(run.src))
     mic_on = onsets(envelope(run.mic))
     assert len(src_on) == len(TEXTS) and len(mic_on) == len(TEXTS), (src_on, mic_on)
     latency = (run.mic_t0 + mic_on) - (run.src_t0 + src_on)
     lag0 = int(round((run.src_t0 + np.median(latency) - run.mic_t0) * RATE))
     idx, lags, corrs = chunk_alignment(run.src, run.mic, lag0)
-    # voiced speech is periodic: one chunk may lock a pitch period off; a real drop
-    # persists, so compare the median lags of the three chunks before and after
-    steps = [abs(np.median(lags[j + 1:j + 4]) - np.median(lags[j - 2:j + 1]))
-             for j in range(2, len(idx) - 3) if idx[j + 3] - idx[j - 2] == 5]
-    steps = np.array(steps) / RATE
-    worst = float(steps.max()) if len(steps) else 0.0
-    print(f"audio: {len(idx)} loud chunks, correlation median {np.median(corrs):.3f} p5 "
-          f"{np.percentile(corrs, 5):.3f}, largest lag step {worst * 1e3:.2f} ms")
-    assert len(idx) > 30
-    return latency, float(np.median(corrs)), worst
+    print(f"audio: {len(idx)} loud chunks, correlation median {np.median(corrs):.3f}, p1 "
+          f"{np.percentile(corrs, 1):.3f}, min {corrs.min():.3f}; lag range "
+          f"{(lags.max() - lags.min()) / RATE * 1e3:.1f} ms")
+    assert len(idx) > 60
+    assert run.status["playback"]["lost_samples"] == 0
+    return latency, float(np.median(corrs)), float(corrs.min())
+
+
+def steady_fps(run) -> float:
+    """Frame rate while the speech plays (start-up, while the first delay estimate
+    settles, is not what a meeting sees for long)."""
+    t = run.frame_times[run.frame_times >= run.src_t0]
+    return (len(t) - 1) / (t[-1] - t[0])
 
 
 def test_live_daemon_sync_latency_and_fps(pulse_server, speech, mouth_crop, capsys):
     wav, audio = speech
     run = run_daemon(live_config(), wav, mouth_crop)
-    latency, corr, step = check_audio_complete(run)
+    latency, corr, low = check_audio_complete(run)
     offsets = av_offsets(run)
     xoff = av_offset_xcorr(run)
     dt = np.diff(run.frame_times)
-    fps = (len(run.frame_times) - 1) / (run.frame_times[-1] - run.frame_times[0])
+    fps = steady_fps(run)
     with capsys.disabled():
         print(f"\nlive: latency per utterance {np.round(latency * 1e3, 1)} ms; A/V offset by onsets "
               f"{np.round(offsets * 1e3, 1)} ms, by cross-correlation {xoff * 1e3:.0f} ms; "
               f"fps {fps:.2f}; frame interval p99 {np.percentile(dt, 99) * 1e3:.1f} ms; "
-              f"mic vs input: chunk correlation median {corr:.3f}, largest lag step {step * 1e3:.1f} ms; daemon {run.status}")
+              f"mic vs input: chunk correlation median {corr:.3f}, worst {low:.3f}; daemon {run.status}")
     # audio complete: nothing lost or repeated, and the mic is the input, delayed
-    assert corr > 0.9 and step < 0.005
+    assert corr > 0.95 and low > 0.5
     # lips and voice in sync within one frame
     assert abs(xoff) <= 1 / FPS
     # onsets are quantised by the 40 ms frames and depend on the phoneme: their median
@@ -95,14 +99,38 @@ def test_slow_engine_repeats_frames_keeps_audio_and_sync(pulse_server, speech, m
     wav, audio = speech
     cfg = live_config()
     run = run_daemon(cfg, wav, mouth_crop, engine=SlowEngine(cfg))
-    latency, corr, step = check_audio_complete(run)
+    latency, corr, low = check_audio_complete(run)
     xoff = av_offset_xcorr(run)
-    fps = (len(run.frame_times) - 1) / (run.frame_times[-1] - run.frame_times[0])
+    fps = steady_fps(run)
     with capsys.disabled():
         print(f"\nslow engine: latency {np.round(latency * 1e3, 1)} ms; A/V offset {xoff * 1e3:.0f} ms; "
               f"fps {fps:.2f}; repeated {run.status['frames_repeated']}, skipped {run.status['windows_skipped']}")
-    assert corr > 0.9 and step < 0.005  # audio complete
+    assert corr > 0.95 and low > 0.5  # audio complete
     assert run.status["frames_repeated"] > 0.2 * len(run.frame_times)  # the camera repeats frames
     assert run.status["windows_skipped"] > 0
     assert abs(fps - FPS) / FPS < 0.02  # and still runs at its rate
     assert abs(xoff) <= 2 / FPS  # offset stays bounded
+
+
+def test_completeness_check_catches_a_drop_but_not_a_stretch(speech):
+    """The audio check above must be able to fail: 100 ms dropped inside any utterance
+    fails it, while a delay and a 1.5 % resample either way (what the playback may do
+    during speech) pass."""
+    import soxr
+
+    _, audio = speech
+    lag = 2000
+    pad = np.zeros(lag, np.float32)
+
+    def verdict(mic):
+        _, _, corrs = chunk_alignment(audio, mic, lag)
+        return float(np.median(corrs)) > 0.95 and float(corrs.min()) > 0.5
+
+    assert verdict(np.concatenate([pad, audio]))
+    for on in (onsets(envelope(audio)) * RATE).astype(int):
+        a, b = on + 4000, on + 12000
+        for speed in (1.015, 1 / 1.015):
+            stretched = soxr.resample(audio[a:b], RATE, RATE * speed)
+            assert verdict(np.concatenate([pad, audio[:a], stretched, audio[b:]])), (on, speed)
+        cut = on + 8000
+        assert not verdict(np.concatenate([pad, audio[:cut], audio[cut + 1600:]])), on

@@ -319,10 +319,10 @@ class Daemon:
         return pb
 
     def audio_delay(self) -> float:
-        """Capture-to-mic delay that matches the picture. Frame i goes out at the first tick
-        at or after time_of(c_i) + delay and stays up for one period, so on average it is on
-        screen centred one period after that: the audio waits that long too."""
-        return self.delay.value + 1.0 / self.cfg.video.fps + self.cfg.audio.trim_ms / 1000
+        """Capture-to-mic delay that matches the picture. Frame i goes out at
+        time_of(c_i) + delay (the pacer follows the audio clock) and stays up for one
+        period, so it is seen centred half a period later: the audio waits that long too."""
+        return self.delay.value + 0.5 / self.cfg.video.fps + self.cfg.audio.trim_ms / 1000
 
     # ---- faults ------------------------------------------------------------------------
     def _engine_error(self, exc: Exception) -> None:

@@ -8,8 +8,8 @@ and corrected:
 
 * in silence (peak below ``silence_db`` around the splice), silent samples are inserted
   or skipped: exact, inaudible, and fast;
-* in speech, the resampler runs up to ``max_stretch`` (1.5 %) faster or slower, a pitch
-  change nobody hears; no sample is ever dropped.
+* in speech, when the error is above 15 ms or no silence came for 2 s, the resampler
+  runs up to ``max_stretch`` (1.5 %) faster or slower; no sample is ever dropped.
 
 The work is done in the callback itself (a few hundred microseconds per block): a
 separate thread and FIFO would add latency and blur which sample is playing when.
@@ -102,6 +102,9 @@ class DelayedPlayback:
         self._alpha = 0.1
         self._splice_tol = 0.002
         self._stretch_on, self._stretch_off = 0.004, 0.0005
+        # An error up to 15 ms waits up to 2 s for silence to splice in (nobody hears a
+        # splice, and a pitch change in speech is audible to some); beyond either, stretch.
+        self._stretch_now, self._wait_for_silence_s = 0.015, 2.0
         self._stretch_tau = 0.5  # s: the speed offset is residual / tau, capped
         self._max_slew = 0.001  # speed change per block: a glide, not a jump
         # Silence needed on each side of a splice: 30 ms keeps splices out of the
@@ -118,6 +121,7 @@ class DelayedPlayback:
         self._est: float | None = None
         self._pred: float | None = None
         self._stretching = False
+        self._off_since: float | None = None  # dac time since when the error exceeds _stretch_on
         self._dev_latency: float | None = None
         self._untimed = 0
         self._jumps = 0
@@ -279,9 +283,14 @@ class DelayedPlayback:
 
         # Stretch for what silence cannot fix (none while splicing), with hysteresis and
         # a slew limit so the speed glides.
+        if abs(residual) <= self._stretch_on:
+            self._off_since = None
+        elif self._off_since is None:
+            self._off_since = dac_time
+        waited = self._off_since is not None and dac_time - self._off_since >= self._wait_for_silence_s
         if spliced or abs(residual) < self._stretch_off:
             self._stretching = False
-        elif abs(residual) > self._stretch_on:
+        elif abs(residual) > self._stretch_now or (abs(residual) > self._stretch_on and waited):
             self._stretching = True
         want = 1.0 + float(np.clip(residual / self._stretch_tau, -self.max_stretch, self.max_stretch)) \
             if self._stretching else 1.0

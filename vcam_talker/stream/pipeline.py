@@ -163,7 +163,8 @@ class EngineWorker(threading.Thread):
 
 
 class Pacer(threading.Thread):
-    """Emits exactly ``fps`` frames per second to the sinks."""
+    """Emits ``fps`` frames per second to the sinks, each at the moment its audio is due
+    (capture time + pipeline delay), on the audio clock."""
 
     def __init__(self, *, ring, windower: Windower, fps: int, store: FrameStore, sinks: list,
                  stats: PipelineStats, delay: DelayEstimator, stop: threading.Event,
@@ -196,26 +197,58 @@ class Pacer(threading.Thread):
         ref = end - 1
         return int(ref + (now - self.delay.value - self.ring.time_of(ref)) * self.rate)
 
+    #: ticks aim this long after a frame's due instant, so clock jitter rarely makes a tick
+    #: land before it
+    MARGIN_S = 0.001
+    #: share of the phase error corrected per frame, and the largest correction (s): the
+    #: audio clock's estimate jitters by milliseconds, the tick grid must not
+    PHASE_GAIN = 0.2
+    MAX_SLEW_S = 0.002
+
     def run(self) -> None:
-        period = 1.0 / self.fps
-        t0 = self.clock()
-        k = 0
+        deadline, index = self.clock(), None
         while not self.stop_event.is_set():
-            deadline = t0 + k * period
             now = self.clock()
             if deadline - now > 0:
                 self.sleep(deadline - now)
                 now = self.clock()
-            elif now - deadline > 3 * period:  # stalled (suspend, overload): restart the grid
-                t0, k = now, 0
-            self.tick(now)
-            k += 1
+            self.tick(now, index)
+            deadline, index = self.next_deadline(now, deadline)
 
-    def tick(self, now: float) -> None:
+    def next_deadline(self, now: float, last: float) -> tuple[float, int | None]:
+        """(when, which frame) the next tick is. Ticks are phase-locked to the audio clock:
+        frame k is due when the stream reaches its instant plus the pipeline delay, so each
+        frame shows at its own moment rather than at the nearest tick of a free-running
+        grid (which would put each run at a random phase within a period and wrap by a
+        whole period as the clocks drift). The grid moves a period per tick and is steered
+        towards that moment by at most MAX_SLEW_S per tick; beyond 1.5 periods of error it
+        just keeps the period. Before any audio: a plain period, no frame index."""
+        period = 1.0 / self.fps
+        free = last + period
+        end = self.ring.end
+        if end <= 0:
+            return max(free, now + 0.5 * period), None
+        k = self._due + 1
+        first_sample = -(-k * self.rate // self.fps)  # frame k is due from this sample on
+        ref = end - 1
+        ideal = self.ring.time_of(ref) + (first_sample - ref) / self.rate + self.delay.value + self.MARGIN_S
+        err = ideal - free
+        if abs(err) > 1.5 * period:
+            # start, stall, or a step of the clock or the delay: keep the period and let the
+            # audio clock pick the frame (repeating or skipping) until the phase is close
+            return (free if free > now - 3 * period else now), None
+        t = free + min(max(self.PHASE_GAIN * err, -self.MAX_SLEW_S), self.MAX_SLEW_S)
+        return max(t, now + 0.5 * period), k
+
+    def tick(self, now: float, index: int | None = None) -> None:
+        """Send one frame: ``index``, the frame this tick was scheduled for, unless the
+        audio clock says the stream is more than a frame past it (then the newest due)."""
         sample = self._due_sample(now)
         if sample is not None:
-            # latest frame whose instant is at or before the due sample
-            self._due = max(self._due, (sample * self.fps) // self.rate)
+            due = (sample * self.fps) // self.rate  # latest frame whose instant has passed
+            if index is not None and due <= index + 1:
+                due = index  # on schedule; a few ms of clock jitter either way is not a frame
+            self._due = max(self._due, due)
         frame = self.store.get(self._due) if sample is not None else None
         if frame is None:
             image = self._last.image if self._last is not None else self.idle_image()

@@ -280,6 +280,18 @@ class _LowerEnvelope:
         return low
 
 
+def close_stream(stream, kind: str) -> None:
+    """Abort and close a PortAudio stream (None: nothing); a dying device must not block
+    shutdown, so failures are logged, not raised."""
+    if stream is None:
+        return
+    try:
+        stream.abort(ignore_errors=True)
+        stream.close(ignore_errors=True)
+    except Exception as exc:
+        log.warning("closing %s stream: %s", kind, exc)
+
+
 class AudioCapture:
     """Records ``device`` into ``ring`` on a worker thread.
 
@@ -357,12 +369,7 @@ class AudioCapture:
     def stop(self) -> None:
         """Stop the stream, let the worker write what is queued, and join it (< 1 s)."""
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.abort(ignore_errors=True)
-                stream.close(ignore_errors=True)
-            except Exception as exc:  # a dying device must not block shutdown
-                log.warning("closing input stream: %s", exc)
+        close_stream(stream, "input")
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vcam_talker.audio.capture import StreamResampler, import_sounddevice, pick_channels, pick_rate, resolve_device
+from vcam_talker.audio.capture import StreamResampler, close_stream, import_sounddevice, pick_channels, pick_rate, resolve_device
 from vcam_talker.audio.ring import AudioRing, RingRangeError
 from vcam_talker.errors import DeviceError
 
@@ -188,12 +188,7 @@ class DelayedPlayback:
     def stop(self) -> None:
         """Stop and close the output stream (returns within a few ms)."""
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.abort(ignore_errors=True)
-                stream.close(ignore_errors=True)
-            except Exception as exc:  # a dying device must not block shutdown
-                log.warning("closing output stream: %s", exc)
+        close_stream(stream, "output")
 
     def __enter__(self) -> DelayedPlayback:
         return self.start()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import DEFAULT_AVATAR, espeak_wav
-from tests.live_harness import (RATE, av_offset_xcorr, chunk_alignment, av_offsets, envelope, lag_by_xcorr, live_config,
+from tests.live_harness import (RATE, av_offset_xcorr, chunk_alignment, av_offsets, envelope, live_config,
                                 onsets, run_daemon, speech_with_gaps)
 from vcam_talker.engines.classic.engine import ClassicEngine
 

@@ -16,7 +16,6 @@ Threads (each named, each hand-off bounded):
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -27,8 +26,6 @@ import numpy as np
 
 from vcam_talker.frames import VideoFrame
 from vcam_talker.stream.windows import Windower
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

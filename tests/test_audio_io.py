@@ -293,11 +293,15 @@ def test_capture_records_whole_utterance_with_wall_clock_times(pulse_server, spe
 
     on, off = segments(ref)[0][0], segments(ref)[-1][1]
     t_on, t_off = ring.time_of(lag + on), ring.time_of(lag + off)
-    assert abs((t_off - t_on) - (off - on) / SR) < 0.005  # the ring clock runs at wall speed
+    # The ring clock runs at wall speed. Each capture time is estimated from block arrival
+    # times (a lower envelope over 2 s), whose floor wanders by a few ms on a busy machine
+    # (6.6 ms seen in CI over these 7.5 s); a wrong rate (44.1 for 48 kHz) would be 600 ms.
+    assert abs((t_off - t_on) - (off - on) / SR) < 0.015
     assert t_play0 < t_on < t_play0 + 0.5 + on / SR
     assert t_off < t_play1 + 0.05
     assert abs(ring.time_of(ring.end) - t_stop) < 0.15
-    print(f"\ncapture: corr {corr:.3f}, speech onset {1000 * (t_on - t_play0 - on / SR):.1f} ms after paplay "
+    print(f"\ncapture: corr {corr:.3f}, clock error {1000 * ((t_off - t_on) - (off - on) / SR):+.1f} ms "
+          f"over {(off - on) / SR:.1f} s, speech onset {1000 * (t_on - t_play0 - on / SR):.1f} ms after paplay "
           f"started, arrival jitter {1000 * st.jitter_s:.1f} ms, PortAudio input latency "
           f"{1000 * st.device_latency_s:.1f} ms, overflows {st.overflows}, timestamps from {st.timestamps}")
 

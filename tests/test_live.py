@@ -114,8 +114,8 @@ def test_slow_engine_repeats_frames_keeps_audio_and_sync(pulse_server, speech, m
 
 def test_completeness_check_catches_a_drop_but_not_a_stretch(speech):
     """The audio check above must be able to fail: 100 ms dropped inside any utterance
-    fails it, while a delay and a 1.5 % resample either way (what the playback may do
-    during speech) pass."""
+    fails it, while a delay (also by a fraction of a sample) and a 1.5 % resample either
+    way (what the playback may do during speech) pass."""
     import soxr
 
     _, audio = speech
@@ -127,6 +127,8 @@ def test_completeness_check_catches_a_drop_but_not_a_stretch(speech):
         return float(np.median(corrs)) > 0.95 and float(corrs.min()) > 0.5
 
     assert verdict(np.concatenate([pad, audio]))
+    spec, freq = np.fft.rfft(audio), np.fft.rfftfreq(len(audio))  # half a sample later
+    assert verdict(np.concatenate([pad, np.fft.irfft(spec * np.exp(-1j * np.pi * freq), len(audio))]))
     for on in (onsets(envelope(audio)) * RATE).astype(int):
         a, b = on + 4000, on + 12000
         for speed in (1.015, 1 / 1.015):

@@ -403,6 +403,9 @@ class Daemon:
                 s2 = self._try_open(s.sink, quiet=True)
                 if s2.ok:
                     log.info("%s is back", s.sink.detail)
+                    # a frame already on its way when it was closed may have failed since:
+                    # that error belongs to the old device, not this one
+                    self.pacer.sink_errors[s.sink.name] = 0
                     s.ok, s.error = True, ""
                 else:
                     s.backoff = min(s.backoff * 2, 10.0)

@@ -164,6 +164,7 @@ def av_offsets(run: LiveRun, hop_s: float = 0.005) -> np.ndarray:
             out.append(run.frame_times[first[0]] - t)
     return np.array(out)
 
+
 def _quarter_shifts(x: np.ndarray) -> list[tuple[float, np.ndarray]]:
     """``x`` read a quarter, half and three quarters of a sample later (band-limited, by
     FFT), beside itself: [(shift, x(t + shift))]."""

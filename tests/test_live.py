@@ -51,6 +51,9 @@ def check_audio_complete(run):
     print(f"audio: {len(idx)} loud chunks, correlation median {np.median(corrs):.3f}, p1 "
           f"{np.percentile(corrs, 1):.3f}, min {corrs.min():.3f}; lag range "
           f"{(lags.max() - lags.min()) / RATE * 1e3:.1f} ms")
+    for j in np.flatnonzero(corrs < 0.5):  # where to look if it fails
+        print(f"  unmatched chunk at {idx[j] * 0.04:.2f} s of the input: lag {lags[j] / RATE * 1e3:.2f} ms, "
+              f"correlation {corrs[j]:.3f}")
     assert len(idx) > 60
     assert run.status["playback"]["lost_samples"] == 0
     return latency, float(np.median(corrs)), float(corrs.min())

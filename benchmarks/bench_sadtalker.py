@@ -227,7 +227,7 @@ def bench_fixture(frames: int, audio: np.ndarray, device: torch.device) -> list:
     engine = SadTalkerEngine(config(device=device.type), stages=stages)
     # a prepared avatar from the fixture's source (no face_3drecon in the reduced weights)
     from vcam_talker.avatar import PreparedAvatar
-    from vcam_talker.engines.sadtalker.stream import SourceCoeffs
+    from vcam_talker.engines.sadtalker.timeline import SourceCoeffs
 
     with torch.inference_mode():
         enc = stages.source.encode(torch.from_numpy(inputs["source_image"]))
@@ -235,6 +235,7 @@ def bench_fixture(frames: int, audio: np.ndarray, device: torch.device) -> list:
         kp_s = stages.motion(torch.from_numpy(src.source_window())[None], enc["kp_canonical"])
     data = {k: v[0].cpu().numpy() for k, v in enc.items()}
     data.update(coeff=inputs["source_coeff_3dmm"][0], kp_source=kp_s[0].cpu().numpy(),
+                box=np.array([0.0, 0.0, 256.0, 256.0]), framing=np.array([[2.0, 0, 0], [0, 2.0, 0]]),
                 paste_box=np.array([0, 0, 512, 512]))
     img = np.zeros((512, 512, 3), np.uint8)
     av = PreparedAvatar(image=img, landmarks=np.zeros((68, 2), np.float32), face_box=(0, 0, 1, 1),

@@ -97,3 +97,14 @@ def test_check_config_cli(tmp_path):
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert lines == [f"vcam-talker: error: {bad}: video.fps: must be 1..60, got 0"]
+
+
+def test_sadtalker_errors_are_collected_with_the_others():
+    """Every problem in one message: the sadtalker size no longer raises on its own first."""
+    with pytest.raises(ConfigError) as e:
+        C.from_dict({"engine": {"sadtalker": {"size": 300, "pose_style": 46}}, "video": {"fps": 0}})
+    msg = str(e.value)
+    for part in ("engine.sadtalker.size: must be 256 or 512, got 300", "engine.sadtalker.pose_style: must be 0..45",
+                 "video.fps: must be 1..60, got 0"):
+        assert part in msg, msg
+    assert "\n" not in msg

@@ -314,3 +314,67 @@ def test_editing_the_avatar_image_itself_reloads(tmp_path, second_avatar):
     # talking mouth alone could make it
     first, last = np.median(f[times < t], axis=0), np.median(f[times > times[-1] - 0.8], axis=0)
     assert np.abs(first - last).mean() > 10
+
+
+def test_fallback_rewindows_for_the_classic_engine():
+    """The fallback swaps in an engine with other windows: the windower, delay estimator and
+    pacer are rebuilt for them (issue 9), and frames flow on."""
+    from tests.recording_cam import RecordingCamera, register
+    from vcam_talker.config import from_dict
+    from vcam_talker.daemon import Daemon
+    from vcam_talker.engines.classic.engine import ClassicEngine
+    from vcam_talker.frames import WindowSpec
+
+    class LongWindowBrokenEngine(ClassicEngine):
+        name = "broken"
+
+        @property
+        def window_spec(self):
+            return WindowSpec(16000, 0.2, 0.3)
+
+        def render(self, window, avatar):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    register()
+    cfg = from_dict(base_config(0, status={"http": ""}))
+    daemon = Daemon(cfg, engine=LongWindowBrokenEngine(cfg))
+    daemon.start()
+    try:
+        assert daemon.windower.spec == WindowSpec(16000, 0.2, 0.3)
+        deadline = time.monotonic() + 10
+        while daemon.status()["engine"] != "classic" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        spec = daemon.active.engine.window_spec
+        assert daemon.windower.spec == spec and daemon.pacer.windower is daemon.windower
+        assert daemon.delay.floor == spec.after_s
+        rendered = daemon.status()["frames_rendered"]
+        time.sleep(0.5)
+        assert daemon.status()["frames_rendered"] > rendered
+    finally:
+        daemon.stop()
+    times, frames = RecordingCamera.instances[-1].snapshot()
+    check_frames_continuous(times, frames)
+
+
+def test_editing_status_http_moves_the_endpoint(tmp_path):
+    """status.http is rebound on reload: the old port closes, the new one answers."""
+    import urllib.error
+    import urllib.request
+
+    cfg = base_config(free_port())
+    with DaemonProc(tmp_path, cfg) as d:
+        d.started()
+        old_port = d.port
+        new_port = free_port()
+        cfg["status"]["http"] = f"127.0.0.1:{new_port}"
+        t_edit = time.monotonic()
+        write_atomic(d.config_path, cfg)
+        _, line = d.wait_for("reloaded (file changed)", since=t_edit)
+        assert "status endpoint" in line
+        d.port = new_port
+        st = d.status()
+        assert st["frames_emitted"] > 0
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{old_port}/status", timeout=2)
+        d.terminate()

@@ -12,7 +12,7 @@ from vcam_talker.cli import main
 
 def test_install_service_writes_a_valid_notify_unit(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert main(["install-service", "--user", "--no-enable"]) == 0
+    assert main(["install-service", "--no-enable"]) == 0
     out = capsys.readouterr().out
     unit = tmp_path / ".config" / "systemd" / "user" / "vcam-talker.service"
     cfg = tmp_path / ".config" / "vcam-talker" / "config.yaml"

@@ -381,7 +381,7 @@ def test_real_manifest():
         "SadTalker_V0.0.2_256.safetensors", "mapping_00229-model.pth.tar", "mapping_00109-model.pth.tar"}
     assert {e.name for e in man.group("sadtalker-512")} == {
         "SadTalker_V0.0.2_512.safetensors", "mapping_00229-model.pth.tar", "mapping_00109-model.pth.tar"}
-    for g in ("enhancer", "face-alignment", "facexlib"):
+    for g in ("face-alignment", "facexlib"):
         assert man.group(g)
     # landmarks.py looks for 2DFAN4* and s3fd* in torch hub's checkpoints
     fa = man.group("face-alignment")

@@ -60,7 +60,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     res = render_file(cfg, Path(args.audio), Path(args.out), Path(args.avatar) if args.avatar else None,
-                      progress=not args.quiet)
+                      progress=not args.quiet, streaming=args.streaming)
     print(f"wrote {res.out}: {res.frames} frames at {res.fps} fps, {res.audio_seconds:.2f} s of audio, "
           f"{res.wall_s:.2f} s wall ({res.realtime_factor:.1f}x real time; prepare {res.prepare_s:.2f} s)")
     return 0
@@ -207,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     r = sub.add_parser("render", help="render a speech file to an mp4 (offline)",
-                       description="Render a speech file and an avatar to an H.264/AAC mp4, "
-                                   "with the same engine and windowing as the live daemon.")
+                       description="Render a speech file and an avatar to an H.264/AAC mp4 with the "
+                                   "daemon's engine. The sadtalker engine computes the whole clip as the "
+                                   "reference does; --streaming shows what the live camera would show.")
     r.add_argument("--audio", default=str(DEMO_SPEECH),
                    help="speech file (WAV/FLAC/OGG, any rate; default: a bundled demo sentence)")
     r.add_argument("--out", default="vcam-talker-demo.mp4", help="output .mp4 (default: %(default)s)")
@@ -217,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--engine", help="override engine.name")
     r.add_argument("--fps", type=int, help="override video.fps")
     r.add_argument("--size", help="override video size, WIDTHxHEIGHT")
+    r.add_argument("--streaming", action="store_true",
+                   help="render what the live camera would show (the engine's streaming horizon) "
+                        "instead of the whole-clip offline form")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_render)
 
@@ -262,7 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("install-service", help="install and enable the systemd user unit",
                          description="Write ~/.config/systemd/user/vcam-talker.service for this installation, "
                                      "reload systemd, enable and start it, and print how to check it.")
-    ins.add_argument("--user", action="store_true", default=True, help="install as a user unit (the only kind)")
     ins.add_argument("--config", help="config file the service runs with (default ~/.config/vcam-talker/config.yaml)")
     ins.add_argument("--no-enable", action="store_true", help="only write the unit file")
     ins.set_defaults(func=cmd_install_service)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import reprlib
+import stat
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,25 +58,25 @@ class ClassicConfig:
 
 @dataclass
 class SadTalkerConfig:
-    size: int = _f(256, range=(256, 512))
-    preprocess: str = _f("crop", choices=("crop", "full"))
+    # the checkpoints exist for these only
+    size: int = _f(256, choices=(256, 512))
+    preprocess: str = _f("crop", choices=("crop", "extcrop", "full", "extfull", "resize"))
     still: bool = _f(False)
     pose_style: int = _f(0, range=(0, 45))
     expression_scale: float = _f(1.0, range=(0.0, 3.0))
-    lookahead_frames: int = _f(5, range=(0, 40))
-    pose_chunk: int = _f(8, range=(1, 32))
+    # fixed head angles in degrees; None (empty in YAML): driven by the audio
+    yaw: float | None = _f(None, range=(-90.0, 90.0))
+    pitch: float | None = _f(None, range=(-90.0, 90.0))
+    roll: float | None = _f(None, range=(-90.0, 90.0))
+    preset: str = _f("low-latency", choices=("reference", "balanced", "low-latency", "custom"))
+    lookahead_frames: int = _f(3, range=(0, 60))
+    pose_chunk: int = _f(4, range=(1, 32))
     blink: bool = _f(True)
     seed: int = _f(0, range=(0, 2**31 - 1))
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
     half: bool = _f(False)
     compile: bool = _f(False)
-    enhancer: str = _f("none", choices=("none", "gfpgan"))
     weights_dir: str = _f("")
-
-    def __post_init__(self) -> None:
-        # the range check cannot express a two-value set; the checkpoints exist for these only
-        if self.size not in (256, 512):
-            raise ConfigError(f"engine.sadtalker.size: must be 256 or 512, got {self.size}")
 
 
 @dataclass
@@ -160,8 +163,46 @@ class Config:
         return Path(os.environ.get("VCAM_TALKER_CACHE") or self.cache.dir).expanduser()
 
 
+#: bounds on what a config file may be: its size, YAML aliases, nesting and errors listed
+MAX_CONFIG_BYTES = 1 << 20
+MAX_ALIASES = 64
+MAX_DEPTH = 32
+MAX_ERRORS = 6
+#: the largest avatar image accepted (the image loader has the same cap)
+MAX_AVATAR_BYTES = 64 << 20
+
+# a bad value is shown shortened: an alias bomb expands to billions of elements
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlevel = 80, 80, 2
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 5
+
+
 def _describe(v: Any) -> str:
-    return repr(v) if isinstance(v, str) else str(v)
+    if isinstance(v, (str, int, float, list, dict, tuple, set)) and not isinstance(v, bool):
+        return _short.repr(v)
+    return str(v)[:80]
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses alias bombs and deep nesting while composing, before any
+    value is built."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_ALIASES:
+                ev = self.peek_event()
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name) at line {ev.start_mark.line + 1}; "
+                                     f"a config needs few, if any")
+        depth = getattr(self, "_depth", 0) + 1
+        if depth > MAX_DEPTH:
+            ev = self.peek_event()
+            raise yaml.YAMLError(f"nested more than {MAX_DEPTH} levels deep at line {ev.start_mark.line + 1}")
+        self._depth = depth
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth - 1
 
 
 def _check_scalar(path: str, typ: Any, meta: dict, value: Any) -> tuple[Any, str | None]:
@@ -183,11 +224,16 @@ def _check_scalar(path: str, typ: Any, meta: dict, value: Any) -> tuple[Any, str
         if not isinstance(value, (str, int)) or isinstance(value, bool):
             return value, f"{path}: must be a string, got {_describe(value)}"
         value = str(value)
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            # NUL breaks every path call; a newline breaks log lines and unit files
+            return value, f"{path}: must not contain control characters (NUL, newline, ...), got {_describe(value)}"
     rng, choices = meta.get("range"), meta.get("choices")
     if rng is not None and not (rng[0] <= value <= rng[1]):
         return value, f"{path}: must be {rng[0]}..{rng[1]}, got {_describe(value)}"
     if choices is not None and value not in choices:
-        return value, f"{path}: must be one of {', '.join(choices)}, got {_describe(value)}"
+        allowed = f"one of {', '.join(choices)}" if isinstance(choices[0], str) else \
+            " or ".join(str(c) for c in choices)
+        return value, f"{path}: must be {allowed}, got {_describe(value)}"
     if meta.get("even") and value % 2:
         return value, f"{path}: must be even (video encoders need it), got {value}"
     return value, None
@@ -203,6 +249,7 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs = {}
     for key, value in data.items():
+        key = key if isinstance(key, str) and len(key) <= 80 else _describe(key)
         kpath = f"{path}.{key}" if path else str(key)
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
@@ -210,6 +257,12 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
             errors.append(f"{kpath}: unknown key{hint}")
             continue
         typ = hints[key]
+        optional = typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in typing.get_args(typ)
+        if optional:
+            if value is None:  # an empty YAML value
+                kwargs[key] = None
+                continue
+            typ = next(t for t in typing.get_args(typ) if t is not type(None))
         if dataclasses.is_dataclass(typ):
             kwargs[key] = _build(typ, value, kpath, errors)
             continue
@@ -232,11 +285,29 @@ def _cross_checks(cfg: Config, errors: list[str]) -> None:
         errors.append("sinks.ffmpeg.target: must name a file or an rtmp:// or srt:// URL when enabled, got ''")
     if "://" in t and not t.startswith(("rtmp://", "rtmps://", "srt://")):
         errors.append(f"sinks.ffmpeg.target: only rtmp://, rtmps:// and srt:// URLs are supported, got {t!r}")
+    _check_avatar_file(cfg, errors)
     c = cfg.engine.classic
     if c.blink_min_s > c.blink_max_s:
         errors.append(
             f"engine.classic.blink_min_s: must not exceed blink_max_s ({c.blink_max_s}), got {c.blink_min_s}"
         )
+
+
+def _check_avatar_file(cfg: Config, errors: list[str]) -> None:
+    """A FIFO would block whoever reads it, /dev/zero never ends: only a regular file of
+    sane size may be the avatar. stat only; a missing file is check-config's warning."""
+    try:
+        p = cfg.avatar_path()
+        st = os.stat(p)
+    except (OSError, ValueError, RuntimeError):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        errors.append(f"avatar.image: is a folder, not an image file, got {_describe(str(p))}")
+    elif not stat.S_ISREG(st.st_mode):
+        errors.append(f"avatar.image: is not a regular file (a device, FIFO or socket), got {_describe(str(p))}")
+    elif st.st_size > MAX_AVATAR_BYTES:
+        errors.append(f"avatar.image: file is {st.st_size >> 20} MB, more than {MAX_AVATAR_BYTES >> 20} MB, "
+                      f"got {_describe(str(p))}")
 
 
 def from_dict(data: Any, source: Path | None = None) -> Config:
@@ -247,7 +318,8 @@ def from_dict(data: Any, source: Path | None = None) -> Config:
     _cross_checks(cfg, errors)
     if errors:
         where = f"{source}: " if source else ""
-        raise ConfigError(where + "; ".join(errors))
+        more = f"; and {len(errors) - MAX_ERRORS} more problems" if len(errors) > MAX_ERRORS else ""
+        raise ConfigError(where + "; ".join(errors[:MAX_ERRORS]) + more)
     return cfg
 
 
@@ -255,15 +327,21 @@ def load(path: str | os.PathLike | None = None) -> Config:
     """Load and validate a config file; ``None`` means the embedded defaults."""
     if path is None:
         return Config()
+    from vcam_talker.safeio import read_capped
+
+    if "\0" in os.fspath(path):
+        raise ConfigError(f"config path contains a NUL byte: {_describe(os.fspath(path))}")
     p = Path(path).expanduser()
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_capped(p, "config file", MAX_CONFIG_BYTES, ConfigError).decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: cannot read config ({exc})") from None
+    if "\0" in text:
+        raise ConfigError(f"{p}: invalid YAML: the file contains NUL bytes")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise ConfigError(f"{p}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

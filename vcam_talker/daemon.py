@@ -1,7 +1,7 @@
 """The Daemon wires the stages together and owns their lifecycle: start, reload, stop.
 
     audio in (capture | demo loop | silence while the device is away) → AudioRing
-        → Windower → EngineWorker → FrameStore → Pacer → sinks (virtual camera, ffmpeg, null)
+        → Windower → EngineWorker → FrameStore → Pacer → sinks (virtual camera, ffmpeg)
     AudioRing → DelayedPlayback (virtual mic), delayed by the measured pipeline delay
 
 The "vcam-control" thread owns every change after start: reloads (file watch, SIGHUP,
@@ -23,12 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from vcam_talker import config as config_mod
+from vcam_talker import reload_plan
 from vcam_talker.config import Config
 from vcam_talker.engines import create_engine
 from vcam_talker.engines.base import Engine
 from vcam_talker.errors import ConfigError, VcamError
+from vcam_talker.latency import latency_parts
 from vcam_talker.notify import Notifier
 from vcam_talker.sinks.base import Sink
+from vcam_talker.stream.guard import revive_dead
 from vcam_talker.stream.pipeline import DelayEstimator, EngineWorker, FrameStore, Pacer, PipelineStats
 from vcam_talker.stream.windows import Windower
 
@@ -161,9 +164,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         if self._watcher is not None:
             self._watcher.stop()
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+        self._stop_status_server()
         for t in self._threads + [getattr(self, "_control", None)]:
             if t is not None and t.is_alive():
                 t.join(max(0.05, deadline - time.monotonic()))
@@ -184,10 +185,11 @@ class Daemon:
         spec = self.active.engine.window_spec
         fps = cfg.video.fps
         self.windower = Windower(self.ring, spec, fps)
-        if not hasattr(self, "delay"):
-            # before measurements arrive: the lookahead, a capture block and two frames
-            initial = spec.after_s + cfg.audio.block_ms / 1000 + 2.0 / fps
-            self.delay = DelayEstimator(initial_s=initial, margin_s=0.5 / fps, floor_s=spec.after_s)
+        # measured afresh at every start: after a new window spec or frame rate the old
+        # measurements describe another pipeline. Until measurements arrive: the
+        # lookahead, a capture block and two frames
+        initial = spec.after_s + cfg.audio.block_ms / 1000 + 2.0 / fps
+        self.delay = DelayEstimator(initial_s=initial, margin_s=0.5 / fps, floor_s=spec.after_s)
         self.store = FrameStore(capacity=max(8, fps))
         if not self.sinks:
             self._open_sinks(cfg)
@@ -195,6 +197,8 @@ class Daemon:
         self.worker = EngineWorker(ring=self.ring, windower=self.windower, render=self._render, store=self.store,
                                    stats=self.stats, delay=self.delay, stop=self._video_stop,
                                    on_error=self._engine_error)
+        # a restart goes on from the live edge: the windows before it are not skipped work
+        self.worker.next_index = max(0, self.windower.latest_complete(self.ring.end))
         self.pacer = Pacer(ring=self.ring, windower=self.windower, fps=fps, store=self.store,
                            sinks=[s.sink for s in self.sinks if s.ok], stats=self.stats, delay=self.delay,
                            stop=self._video_stop, idle_image=lambda: self.active.avatar.image,
@@ -434,11 +438,14 @@ class Daemon:
 
     def _control_loop(self) -> None:
         while not self._stop.is_set():
+            waited = time.monotonic()
             try:
                 kind, arg = self._requests.get(timeout=0.25)
             except queue.Empty:
                 kind = None
             try:
+                self._after_stall(waited)
+                self._revive_video()
                 if kind == "reload":
                     self.reload(reason=arg)
                 elif kind == "fallback":
@@ -446,6 +453,21 @@ class Daemon:
                 self._check_devices(time.monotonic())
             except Exception as exc:  # the control thread must survive anything
                 log.exception("control: %s", exc)
+
+    def _after_stall(self, waited: float) -> None:
+        """A wait of at most 0.25 s that lasted seconds was a stall of the whole process
+        (SIGSTOP, suspend): the devices were silent because we were, not because they
+        were lost, so their stall clocks restart from now."""
+        now = time.monotonic()
+        if now - waited > STALL_S:
+            self.health.source_moved_at = self.health.playback_moved_at = now
+
+    def _revive_video(self) -> None:
+        if not self._video_stop.is_set():
+            threads = revive_dead(self._threads)
+            if threads is not self._threads:
+                self._threads = threads
+                self.worker, self.pacer = threads
 
     def reload(self, cfg: Config | None = None, reason: str = "request") -> list[str]:
         """Apply a new config (default: re-read the config file). Invalid configs are
@@ -469,73 +491,75 @@ class Daemon:
             self.notifier.ready()
 
     def _apply(self, new: Config, reason: str) -> list[str]:
+        """Execute :func:`reload_plan.plan`: anything to prepare is prepared first, in this
+        thread, while the old engine and avatar keep animating; then the swap and restarts."""
         old = self.cfg
-        done: list[str] = []
-        avatar_changed = (new.avatar != old.avatar or new.avatar_path() != old.avatar_path()
-                          or _mtime(new.avatar_path()) != self._avatar_mtime)
-        video_changed = new.video != old.video
-        engine_changed = new.engine.name != old.engine.name
-        if video_changed or engine_changed or avatar_changed:
-            # prepare first, in this thread, while the old avatar keeps animating
-            try:
-                engine = create_engine(new) if (engine_changed or video_changed) else self.active.engine
+        old_spec = self.active.engine.window_spec
+        avatar_file_changed = _mtime(new.avatar_path()) != self._avatar_mtime
+        engine, avatar = self.active.engine, self.active.avatar
+        try:
+            if reload_plan.engine_needed(old, new):
+                engine = create_engine(new)
+            p = reload_plan.plan(old, new, old_spec, engine.window_spec, avatar_file_changed=avatar_file_changed)
+            if p.engine or p.avatar:
                 avatar = engine.prepare(new.avatar_path())
-            except VcamError as exc:
-                self.reload_errors += 1
-                self.last_error = str(exc)
-                log.error("reload (%s) refused, keeping the running avatar and config: %s", reason, exc)
-                return []
+        except VcamError as exc:
+            if engine is not self.active.engine:
+                engine.close()
+            self.reload_errors += 1
+            self.last_error = str(exc)
+            log.error("reload (%s) refused, keeping the running avatar and config: %s", reason, exc)
+            return []
+        if p.engine or p.avatar:
             self._avatar_mtime = _mtime(new.avatar_path())
         self.cfg = new
-        if video_changed:
-            self._stop_video()
-            size_changed = (new.video.width, new.video.height) != (old.video.width, old.video.height)
-            if size_changed or new.sinks != old.sinks:
-                self._close_sinks()
-                self.sinks = []
-            old_engine = self.active.engine
-            self.active = Active(engine, avatar)
-            if old_engine is not engine:
-                old_engine.close()
-            self._start_video(new)
-            done.append("video (camera reopened)" if size_changed else "video")
-        else:
-            if engine_changed or avatar_changed:
-                old_engine = self.active.engine
-                self.active = Active(engine, avatar)  # atomic: the next frame uses it
-                if old_engine is not engine:
-                    old_engine.close()
-                done.append("engine" if engine_changed else "avatar")
-            if new.sinks != old.sinks:
-                self._close_sinks()
-                self._open_sinks(new)
-                self.pacer.sinks = [s.sink for s in self.sinks if s.ok]
-                done.append("sinks")
-        if new.engine.classic != old.engine.classic and self.active.engine.name == "classic":
+        self._swap(engine, avatar, restart_video=p.video, reopen_sinks=p.camera)
+        if p.sinks:
+            self._close_sinks()
+            self._open_sinks(new)
+            self.pacer.sinks = [s.sink for s in self.sinks if s.ok]
+        if p.tuning and self.active.engine.name == "classic":
             self.active.engine.update_tuning(new.engine.classic)
-            done.append("engine tuning (live)")
-        if new.audio.input != old.audio.input or new.audio.block_ms != old.audio.block_ms:
+        if p.audio_input:
             if self.source is not None:
                 self._stop_part(self.source)
             self.source = None
             self.demo = new.audio.input == "demo"
             self._start_source()
-            done.append("audio input")
-        if new.audio.output != old.audio.output:
+        if p.audio_output:
             if self.playback is not None:
                 self._stop_part(self.playback)
             self.playback = None
             self._start_playback()
-            done.append("audio output")
-        if new.audio.trim_ms != old.audio.trim_ms and self.playback is not None:
+        if p.trim and self.playback is not None:
             self.playback.set_target_delay(self.audio_delay())
-            done.append("audio trim (live)")
-        if new.log_level != old.log_level:
+        if p.log_level:
             logging.getLogger("vcam_talker").setLevel(new.log_level.upper())
+        if p.status_server:
+            self._stop_status_server()
+            self._start_status_server()
         if self.config_path is not None and self._watcher is not None:
             self._watch_avatar()
+        done = p.describe()
         log.info("reloaded (%s): %s", reason, ", ".join(done) if done else "no change that needs a restart")
         return done
+
+    def _swap(self, engine: Engine, avatar, *, restart_video: bool, reopen_sinks: bool = False) -> None:
+        """Put a prepared (engine, avatar) in place. Without a video restart the swap is one
+        reference change between two frames; with one (new window spec or video settings),
+        the windower, delay estimator and pacer are rebuilt for the new engine's windows."""
+        old_engine = self.active.engine
+        if restart_video:
+            self._stop_video()
+            if reopen_sinks:
+                self._close_sinks()
+                self.sinks = []
+            self.active = Active(engine, avatar)
+            self._start_video(self.cfg)
+        else:
+            self.active = Active(engine, avatar)  # atomic: the next frame uses it
+        if old_engine is not engine:
+            old_engine.close()
 
     def _fall_back(self) -> None:
         old = self.active.engine
@@ -548,9 +572,11 @@ class Daemon:
         except VcamError as exc:
             log.error("classic fallback failed too: %s", exc)
             return
-        self.active = Active(engine, avatar)
+        # the classic engine's windows differ: the same plan as a reload decides the restart
+        p = reload_plan.plan(self.cfg, cfg, old.window_spec, engine.window_spec)
+        self._swap(engine, avatar, restart_video=p.video)
         self._consecutive_errors = 0
-        old.close()
+        self._fallback_pending = False
 
     # ---- file watching -----------------------------------------------------------------
     def _start_watcher(self) -> None:
@@ -581,11 +607,17 @@ class Daemon:
             log.error("status server on %s: %s; continuing without it", addr, exc.strerror or exc)
             self._http = None
 
+    def _stop_status_server(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
     def _on_tick(self, now: float) -> None:
         if not self.first_frame.is_set():
             self.first_frame.set()
             self.notifier.ready("publishing frames")
-        self.notifier.watchdog(now)
+        self.notifier.watchdog(now, progress=self.stats.frames_published)
         if now - self._last_delay_update >= 1.0:
             self._last_delay_update = now
             self.delay.update()
@@ -613,7 +645,15 @@ class Daemon:
             ps = pb.stats
             s["playback"] = {"speed": round(ps.speed, 4), "inserted_frames": ps.inserted_frames,
                              "removed_samples": ps.removed_samples, "underflows": ps.underflows,
-                             "lost_samples": ps.lost_samples}
+                             "lost_samples": ps.lost_samples, "resyncs": ps.resyncs}
+        parts = latency_parts(self.audio_delay(), self.windower.spec.after_s, self.ring.arrival_lag,
+                              self.delay.median_ready())
+        if parts is not None:  # the audio delay split up; the parts sum to the total
+            s["latency_ms"] = parts.as_ms()
+        end = self.ring.end
+        if end > 0:  # maps the sample indices frames carry to monotonic capture times
+            s["clock"] = {"sample": end - 1, "monotonic": self.ring.time_of(end - 1),
+                          "sample_rate": self.ring.sample_rate}
         src = self.source
         if src is not None and not isinstance(getattr(src, "stats", None), dict):
             cs = src.stats
@@ -625,8 +665,16 @@ class Daemon:
         av = f"{s['av_offset_ms']:+.1f} ms" if "av_offset_ms" in s else \
             "n/a (no audio output yet)" if self.cfg.audio.output != "none" else "n/a (no audio output)"
         return (f"fps {s['fps']:.1f} | engine ms p50 {s['engine_ms_p50']:.1f} p95 {s['engine_ms_p95']:.1f} | "
-                f"queue {s['queue_depth']} | delay {s['delay_ms']:.0f} ms | A/V offset {av} | "
+                f"queue {s['queue_depth']} | delay {s['delay_ms']:.0f} ms{_parts(s)} | A/V offset {av} | "
                 f"repeated {s['frames_repeated']} skipped {s['windows_skipped']}")
+
+
+def _parts(s: dict) -> str:
+    lat = s.get("latency_ms")
+    if lat is None:
+        return ""
+    return (f" (audio {lat['total']:.0f} = capture {lat['capture']:.0f} + lookahead {lat['lookahead']:.0f}"
+            f" + compute {lat['compute']:.0f} + buffering {lat['buffering']:.0f})")
 
 
 def _mtime(p: Path) -> float:

@@ -45,12 +45,15 @@ class AudioWindow:
     t: the frame's stream time in seconds (the audio instant it shows).
     samples: float32 mono, length spec.length, covering [t - before_s, t + after_s);
         samples before the stream start are zeros.
+    end: the stream's length in samples once the window reaches it (a file's end), else
+        None; a live stream never ends.
     """
 
     index: int
     t: float
     samples: np.ndarray
     sample_rate: int
+    end: int | None = None
 
 
 @dataclass
@@ -60,10 +63,17 @@ class VideoFrame:
     image: HxWx3 uint8 RGB.
     t: the stream time (s) of the audio this frame shows.
     repeated: True when the scheduler re-sent an older image because the engine fell behind.
+    sample: the audio sample index (in the capture ring) of the instant this image shows,
+        the centre of the window it was rendered from; -1 for the idle picture.
+    window: the samples [start, end) the engine read for it; (-1, -1) for the idle picture.
+        Carried so sync can be checked from outside against the mic: frame ``sample``
+        should leave when the mic plays that sample.
     """
 
     index: int
     t: float
     image: np.ndarray
     repeated: bool = False
+    sample: int = -1
+    window: tuple[int, int] = (-1, -1)
     meta: dict = field(default_factory=dict)

@@ -24,6 +24,7 @@ class Notifier:
         # ping at half the watchdog period, as sd_watchdog_enabled(3) advises
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 and ours else None
         self._last_ping = 0.0
+        self._last_progress = -1
         self._sock = None
         if self.addr:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -45,13 +46,19 @@ class Notifier:
     def ready(self, status: str = "") -> None:
         self.send("READY=1" + (f"\nSTATUS={status}" if status else ""))
 
-    def watchdog(self, now: float | None = None) -> None:
-        """Called from the frame loop: pings only when due, so a stuck loop stops pinging."""
+    def watchdog(self, now: float | None = None, progress: int | None = None) -> None:
+        """Pings only when due and only on proof of progress: ``progress`` (frames
+        published) must have grown since the last ping, so a loop that runs but
+        publishes nothing stops pinging, and systemd restarts the service."""
         if self.watchdog_interval is None:
             return
         now = time.monotonic() if now is None else now
+        if progress is not None and progress <= self._last_progress:
+            return
         if now - self._last_ping >= self.watchdog_interval:
             self._last_ping = now
+            if progress is not None:
+                self._last_progress = progress
             self.send("WATCHDOG=1")
 
     def reloading(self) -> None:

@@ -34,21 +34,27 @@ class RenderResult:
 
 
 def render_file(cfg: Config, audio: Path, out: Path, avatar: Path | None = None,
-                progress: bool = True) -> RenderResult:
+                progress: bool = True, streaming: bool = False) -> RenderResult:
+    """streaming: render window by window as the live path does (the engine's bounded
+    horizon), instead of the engine's whole-clip form (``Engine.render_clip``)."""
     t0 = time.perf_counter()
     engine = create_engine(cfg)
     spec = engine.window_spec
     samples, _ = load_speech(audio, spec.sample_rate)
     av = engine.prepare(avatar or cfg.avatar_path())
     t_prep = time.perf_counter() - t0
-    windows = Windower(ArrayAudio(samples, spec.sample_rate), spec, cfg.video.fps)
     n = frame_count(len(samples), spec.sample_rate, cfg.video.fps)
+    if streaming:
+        windows = Windower(ArrayAudio(samples, spec.sample_rate), spec, cfg.video.fps)
+        frames = (engine.render(windows.window(i), av) for i in range(n))
+    else:
+        frames = engine.render_clip(samples, av, cfg.video.fps)
     t1 = time.perf_counter()
     try:
         with FfmpegFileSink(out, engine.frame_size, cfg.video.fps, audio=audio) as sink, \
                 Progress(n, "render", unit="frame", enabled=progress) as bar:
-            for i in range(n):
-                sink.write(engine.render(windows.window(i), av))
+            for image in frames:
+                sink.write(image)
                 bar.update()
     finally:
         engine.close()

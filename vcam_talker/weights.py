@@ -32,8 +32,9 @@ import http.client
 import os
 import re
 import socket
-import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ import yaml
 from vcam_talker import __version__
 from vcam_talker.errors import CheckpointError, VcamError
 from vcam_talker.progress import Progress
+from vcam_talker.safeio import private_dir
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 USER_WEIGHTS = Path.home() / ".local" / "share" / "vcam-talker" / "weights"
@@ -297,23 +299,54 @@ def verify_file(entry: Entry, directory: Path | None = None, *, progress: bool =
 # ---------------------------------------------------------------- download
 
 
+#: redirects followed per request, and the most an entry without a pinned size may be
+MAX_REDIRECTS = 5
+MAX_UNPINNED_BYTES = 8 << 30
+#: a whole download may take this long plus its size at this rate (a trickle is cut off)
+DEADLINE_BASE_S = 300.0
+DEADLINE_MIN_RATE = 64 * 1024
+
+
+class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to https (or, from a plain-http URL, to http too): never
+    to ftp:// or file://, never from https down to http, and at most MAX_REDIRECTS."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urllib.parse.urlsplit(req.full_url).scheme, urllib.parse.urlsplit(newurl).scheme
+        if not (new == "https" or (old == "http" and new == "http")):
+            raise WeightsError(f"{req.full_url} redirects to {newurl[:200]!r}; only https redirects are followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_opener = urllib.request.build_opener(_SafeRedirects)
+
+
+def deadline_for(e: Entry) -> float:
+    """Seconds a download of ``e`` may take in all."""
+    return DEADLINE_BASE_S + (e.size or 0) / DEADLINE_MIN_RATE
+
+
 def download(entries: list[Entry], directory: Path | None = None, *, progress: bool = True,
-             timeout: float = 30, retries: int = 2) -> None:
+             timeout: float = 30, retries: int = 2, deadline_s: float | None = None) -> None:
     """Fetch each entry that is not already in place and valid.
 
     An interrupted transfer is resumed up to ``retries`` times in this call; when it still
-    fails the ``.part`` stays, so the next call resumes it.
+    fails the ``.part`` stays, so the next call resumes it. Each entry must arrive within
+    ``deadline_s`` (default :func:`deadline_for`), retries included.
     """
     for e in entries:
+        deadline = time.monotonic() + (deadline_s if deadline_s is not None else deadline_for(e))
         final = path_for(e, directory)
         if final.is_file():
             r = verify_file(e, directory, progress=progress)
             if r.status in ("ok", "unpinned"):
                 continue
-        final.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(final.parent)
         for attempt in range(retries + 1):
             try:
-                _fetch(e, final, progress=progress, timeout=timeout)
+                _fetch(e, final, progress=progress, timeout=timeout, deadline=deadline)
                 break
             except _Interrupted as exc:
                 if attempt == retries:
@@ -329,11 +362,11 @@ class _Interrupted(Exception):
     """A transfer stopped early; the .part holds what arrived."""
 
 
-def _fetch(e: Entry, final: Path, *, progress: bool, timeout: float) -> None:
+def _fetch(e: Entry, final: Path, *, progress: bool, timeout: float, deadline: float) -> None:
     import fcntl
 
     part = final.with_name(final.name + ".part")
-    with open(part, "ab+") as f:
+    with open(os.open(part, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "ab+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -347,7 +380,7 @@ def _fetch(e: Entry, final: Path, *, progress: bool, timeout: float) -> None:
             while block := f.read(CHUNK):
                 h.update(block)
         if e.size is None or have < e.size:
-            have, h = _transfer(e, f, have, h, progress=progress, timeout=timeout)
+            have, h = _transfer(e, f, have, h, progress=progress, timeout=timeout, deadline=deadline)
         f.flush()
         os.fsync(f.fileno())
     if e.size is not None and have != e.size:
@@ -367,13 +400,15 @@ def _truncate(f) -> int:
     return 0
 
 
-def _transfer(e: Entry, f, have: int, h, *, progress: bool, timeout: float):
+def _transfer(e: Entry, f, have: int, h, *, progress: bool, timeout: float, deadline: float):
     """Append the rest of ``e.url`` to ``f`` (which holds ``have`` bytes hashed into ``h``)."""
     headers = {"User-Agent": f"vcam-talker/{__version__}"}
     if have:
         headers["Range"] = f"bytes={have}-"
+    _check_deadline(e, deadline, have)
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(e.url, headers=headers), timeout=timeout)
+        resp = _opener.open(urllib.request.Request(e.url, headers=headers),
+                            timeout=max(0.1, min(timeout, deadline - time.monotonic())))
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
             # the .part cannot be continued (e.g. already complete when size is unknown)
@@ -381,7 +416,7 @@ def _transfer(e: Entry, f, have: int, h, *, progress: bool, timeout: float):
             if e.size is None:
                 return have, h
             _truncate(f)
-            return _transfer(e, f, 0, hashlib.sha256(), progress=progress, timeout=timeout)
+            return _transfer(e, f, 0, hashlib.sha256(), progress=progress, timeout=timeout, deadline=deadline)
         raise WeightsError(f"{e.name}: HTTP {exc.code} {exc.reason} from {e.url}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", None) or exc
@@ -408,11 +443,19 @@ def _transfer(e: Entry, f, have: int, h, *, progress: bool, timeout: float):
             raise WeightsError(f"{e.name}: {e.url} serves {total} bytes but the manifest expects {e.size}; "
                                "the upstream file changed or the URL is wrong")
         expected = e.size if e.size is not None else total
+        cap = e.size if e.size is not None else MAX_UNPINNED_BYTES
         f.seek(0, os.SEEK_END)
         with Progress((expected or 0) / MiB, e.name, "MiB", progress and expected is not None) as bar:
             bar.update(have / MiB)
             try:
-                while block := resp.read(CHUNK):
+                # read at most one byte past the cap: a server sending more is refused, not stored
+                # read1: returns what one recv brings, so a trickle still meets the deadline check
+                while block := resp.read1(min(CHUNK, cap - have + 1)):
+                    if have + len(block) > cap:
+                        _truncate(f)
+                        raise WeightsError(f"{e.name}: {e.url} sends more than the {cap} bytes expected; "
+                                           "deleted what arrived")
+                    _check_deadline(e, deadline, have)
                     f.write(block)
                     h.update(block)
                     have += len(block)
@@ -425,6 +468,12 @@ def _transfer(e: Entry, f, have: int, h, *, progress: bool, timeout: float):
         if expected is not None and have < expected:
             raise _Interrupted(f"transfer interrupted after {have} of {expected} bytes (connection closed)")
     return have, h
+
+
+def _check_deadline(e: Entry, deadline: float, have: int) -> None:
+    if time.monotonic() > deadline:
+        raise WeightsError(f"{e.name}: download from {e.url} took too long ({have} bytes so far); "
+                           "stopped, run it again to resume")
 
 
 # ---------------------------------------------------------------- CLI
@@ -534,9 +583,3 @@ def add_cli(sub) -> None:
                                      "file is present (by size; no hashing).")
     common(ls)
     ls.set_defaults(func=cmd_list)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from vcam_talker.cli import main
-
-    sys.exit(main(["weights", *sys.argv[1:]]))

@@ -7,7 +7,7 @@
   upstream arrays: mel, audio2exp, audio2pose, smoothing, semantic windows, crop geometry,
   3DMM alignment (uint8 images exact).
 - Structure at official widths against ``official_full_keys.json`` (face_3drecon, audio2exp,
-  audio2pose), a face_recon forward pass, chunking/streaming properties, hparams parsing.
+  audio2pose), a face_recon forward pass, the timeline's pose decode plan, hparams parsing.
 - Loader refusals: unknown audio2pose keys, truncated checkpoint files.
 """
 
@@ -22,26 +22,11 @@ import yaml
 from scipy.signal import savgol_filter
 
 from vcam_talker.engines.sadtalker.audio2exp import Audio2Exp, load_audio2exp
-from vcam_talker.engines.sadtalker.audio2pose import (
-    Audio2Pose,
-    load_audio2pose,
-    plan_pose_chunks,
-    semantic_window,
-    semantic_windows,
-    smooth_pose,
-    source_semantics,
-)
+from vcam_talker.engines.sadtalker.audio2pose import Audio2Pose, load_audio2pose, smooth_pose
 from vcam_talker.engines.sadtalker.audio_hparams import Audio2PoseParams, AudioHParams, MelParams
 from vcam_talker.engines.sadtalker.checkpoint import TRAINING_ONLY_PREFIXES, read_state_dict
 from vcam_talker.engines.sadtalker.face_recon import FaceReconNet, coeff_3dmm_row, split_coeffs
-from vcam_talker.engines.sadtalker.mel import (
-    MelFrontend,
-    crop_to_frames,
-    last_mel_frame,
-    mel_window,
-    mel_windows,
-    wav_to_windows,
-)
+from vcam_talker.engines.sadtalker.engine import AudioStage
 from vcam_talker.engines.sadtalker.preprocess import (
     align_for_recon,
     crop_face,
@@ -50,6 +35,9 @@ from vcam_talker.engines.sadtalker.preprocess import (
     prepare_source,
     resize_source,
 )
+from vcam_talker.engines.sadtalker.presets import TimelineParams
+from vcam_talker.engines.sadtalker.randomness import Latents
+from vcam_talker.engines.sadtalker.timeline import SourceCoeffs, clip_timeline
 from vcam_talker.errors import CheckpointError
 
 from .audio_build import (
@@ -61,14 +49,13 @@ from .audio_build import (
     t,
     write_full_audio_checkpoint,
 )
+from .compare import assert_close
 
 
-def assert_close(name: str, ours, ref: np.ndarray, atol: float = 1e-4, rtol: float = 1e-4) -> None:
-    got = ours.detach().cpu().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours)
-    assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
-    diff = np.abs(got.astype(np.float64) - ref)
-    print(f"{name}: max|diff| {diff.max():.3g}")
-    np.testing.assert_allclose(got, ref, atol=atol, rtol=rtol, err_msg=name)
+def mel_timeline(nets: tuple, wav: np.ndarray):
+    """A whole clip through the production timeline, for its mel front end (no head motion)."""
+    source = SourceCoeffs(np.zeros(64, np.float32), np.zeros(6, np.float32))
+    return clip_timeline(AudioStage(*nets, torch.device("cpu")), wav, source, TimelineParams(still=True))
 
 
 def assert_exact(name: str, ours, ref: np.ndarray) -> None:
@@ -118,30 +105,31 @@ def test_full_audio2exp(full_nets, full_io):
 
 
 def test_full_audio2pose(full_nets, full_io):
+    """The encoder and decoder at full size on the reference's two calls for its 40-frame clip:
+    frames 1..32, then the remainder call on frames 8..39 keeping its last 7 rows. (Which
+    frames each call reads is the timeline's; test_clip_parity.py pins it on whole clips.)"""
     _, a2p = full_nets
     inputs, outputs = full_io
     mels = t(inputs["pose_mels"])
     assert mels.shape[1] == 40
+    ref_pose, style, z = t(inputs["pose_ref"])[:, 0, -6:], t(inputs["pose_class"]), t(inputs["audio2pose_z"])
     with torch.inference_mode():
-        out = a2p.predict(
-            mels, t(inputs["pose_ref"])[:, 0, -6:], t(inputs["pose_class"]), z=t(inputs["audio2pose_z"])
-        )
-    assert len(out["audio_emb"]) == 2  # a whole chunk (frames 1..32) and the remainder (33..39)
-    assert_close("audio2pose_pose_motion_pred", out["pose_motion_pred"], outputs["audio2pose_pose_motion_pred"])
-    assert_close("audio2pose_pose_pred", out["pose_pred"], outputs["audio2pose_pose_pred"])
-    # the stored latents are the reference's two draws after seeding 777; drawing our own gives them too
-    with torch.inference_mode():
-        drawn = a2p.predict(
-            mels, t(inputs["pose_ref"])[:, 0, -6:], 3, generator=torch.Generator().manual_seed(777)
-        )
-    assert torch.equal(drawn["pose_pred"], out["pose_pred"])
+        emb = a2p.audio_encoder(mels)
+        whole = a2p.netG.decoder(z[0], style, ref_pose, emb[:, 1:33])
+        rest = a2p.netG.decoder(z[1], style, ref_pose, emb[:, 8:40])[:, -7:]
+    motion = torch.cat([torch.zeros(1, 1, 6), whole, rest], dim=1)
+    assert_close("audio2pose_pose_motion_pred", motion, outputs["audio2pose_pose_motion_pred"])
+    assert_close("audio2pose_pose_pred", ref_pose[:, None] + motion, outputs["audio2pose_pose_pred"])
+    # the stored latents are the reference's two draws after seeding 777; ours draw them too
+    latents = Latents(777)
+    assert torch.equal(torch.stack([latents(0), latents(1)]), z.reshape(2, 64))
 
 
-def test_full_mel():
+def test_full_mel(full_nets):
     ref = np.load(FULL / "mel.npz")
-    mel, windows = wav_to_windows(ref["wav"])
-    assert_close("mel", mel, ref["mel"], atol=1e-5, rtol=0)
-    assert_close("indiv_mels", windows, ref["indiv_mels"], atol=1e-5, rtol=0)
+    tl = mel_timeline(full_nets, ref["wav"])
+    assert_close("mel", tl.mel, ref["mel"], atol=1e-5, rtol=0)
+    assert_close("indiv_mels", tl.mel_windows(np.arange(tl.num_frames)), ref["indiv_mels"], atol=1e-5, rtol=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,15 +152,14 @@ def parity_nets():
     return load_audio2exp(state, hp.audio2exp, source=path.name), load_audio2pose(state, hp.audio2pose, source=path.name)
 
 
-def test_parity_mel(parity_io):
+def test_parity_mel(parity_nets, parity_io):
     inputs, outputs = parity_io
     wav = (inputs["wav_int16"] / 32768).astype(np.float32)
-    cropped, num_frames = crop_to_frames(wav)
-    assert num_frames == 45
-    assert_exact("wav_float32_cropped", cropped, outputs["wav_float32_cropped"])
-    mel, windows = wav_to_windows(wav)
-    assert_close("mel", mel, outputs["mel"], atol=1e-5, rtol=0)
-    assert_close("indiv_mels", windows, outputs["indiv_mels"], atol=1e-5, rtol=0)
+    tl = mel_timeline(parity_nets, wav)
+    assert tl.num_frames == 45
+    assert_exact("wav_float32_cropped", tl.samples, outputs["wav_float32_cropped"])
+    assert_close("mel", tl.mel, outputs["mel"], atol=1e-5, rtol=0)
+    assert_close("indiv_mels", tl.mel_windows(np.arange(45)), outputs["indiv_mels"], atol=1e-5, rtol=0)
 
 
 def test_parity_audio2exp(parity_nets, parity_io):
@@ -188,16 +175,20 @@ def test_parity_audio2exp(parity_nets, parity_io):
 
 
 def test_parity_audio2pose(parity_nets, parity_io):
-    _, a2p = parity_nets
+    """Through the production timeline: the decoder inputs of both calls (frames 1..32, then the
+    remainder call on frames 13..44) and the raw pose of every frame."""
     inputs, outputs = parity_io
-    mels = t(outputs["indiv_mels"])[None, :, None]
-    with torch.inference_mode():
-        out = a2p.predict(
-            mels, t(inputs["source_coeff_3dmm"][:, 64:70]), int(inputs["pose_style"]), z=t(inputs["a2p_z"])[:, None]
-        )
-    assert_close("a2p_audio_emb", torch.cat(out["audio_emb"]), outputs["a2p_audio_emb"])
-    assert_close("pose_raw", out["pose_pred"][0], outputs["pose_raw"])
-    assert np.array_equal(out["pose_pred"][0, 0].numpy(), inputs["source_coeff_3dmm"][0, 64:70])
+    source = SourceCoeffs.from_row(inputs["source_coeff_3dmm"][0], full=False)
+    z = t(inputs["a2p_z"])
+    wav = (inputs["wav_int16"] / 32768).astype(np.float32)
+    tl = clip_timeline(AudioStage(*parity_nets, torch.device("cpu")), wav, source,
+                       TimelineParams(style=int(inputs["pose_style"])), latents=lambda k: z[k])
+    assert tl.decode_ends == [32, 44]
+    emb = torch.stack([tl.pose_embeddings(np.arange(1, 33)), tl.pose_embeddings(np.arange(13, 45))])
+    assert_close("a2p_audio_emb", emb, outputs["a2p_audio_emb"])
+    pose = tl.raw_pose(np.arange(45), source.ref_pose)
+    assert_close("pose_raw", pose, outputs["pose_raw"])
+    assert np.array_equal(pose[0], inputs["source_coeff_3dmm"][0, 64:70])
 
 
 def test_parity_smoothing_and_windows(parity_io):
@@ -208,11 +199,8 @@ def test_parity_smoothing_and_windows(parity_io):
     assert_exact("pose_smoothed (batched)", smooth_pose(outputs["pose_raw"][None])[0], outputs["pose_smoothed"])
     coeffs = np.concatenate([outputs["exp_coeff"], outputs["pose_smoothed"]], axis=1)
     assert_exact("coeffs70", coeffs, outputs["coeffs70"])
-    assert_exact("target_semantics", semantic_windows(outputs["coeffs70"]), outputs["target_semantics"])
-    assert_exact("target_semantics (torch)", semantic_windows(t(outputs["coeffs70"])).numpy(), outputs["target_semantics"])
-    assert_exact("source_semantics", source_semantics(inputs["source_coeff_3dmm"][0, :70]), outputs["source_semantics"])
-    for i in (0, 5, 22, 44):
-        assert_exact(f"semantic_window {i}", semantic_window(outputs["coeffs70"], i), outputs["target_semantics"][i])
+    source = SourceCoeffs.from_row(inputs["source_coeff_3dmm"][0], full=False)
+    assert_exact("source_semantics", source.source_window(), outputs["source_semantics"])
 
 
 def test_parity_crop(parity_io):
@@ -294,44 +282,17 @@ def test_face_recon_forward():
 
 
 @pytest.mark.parametrize("num_frames", [1, 2, 20, 32, 33, 34, 40, 65, 66, 100])
-def test_pose_chunk_plan_covers_each_frame_once(num_frames):
-    chunks = plan_pose_chunks(num_frames)
-    written = []
-    for c in chunks:
-        assert c.mel_stop - c.mel_start + c.pad == 32 and c.mel_start >= 1 and c.mel_stop <= num_frames
-        assert 1 <= c.keep <= 32
-        written.extend(range(c.out_start, c.out_start + c.keep))
-    assert written == list(range(1, num_frames))
-    rem = (num_frames - 1) % 32
-    if rem:
-        last = chunks[-1]
-        assert last.keep == rem and last.mel_stop == num_frames and last.mel_start == max(1, num_frames - 32)
-
-
-def test_pose_chunks_stream_and_short_clip_padding(parity_nets, parity_io):
-    """Chunk-by-chunk decoding concatenates to the whole-clip result; a clip shorter than one
-    chunk is front-padded with its first embedding."""
-    _, a2p = parity_nets
-    inputs, outputs = parity_io
-    ref = t(inputs["source_coeff_3dmm"][:, 64:70])
-    style = torch.tensor([7])
-    z = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 1, 64)).astype(np.float32))
-    mels = t(outputs["indiv_mels"])[None, :, None]
-    with torch.inference_mode():
-        whole = a2p.predict(mels, ref, style, z=z[:2])["pose_motion_pred"]
-        rows = [torch.zeros(1, 1, 6)]
-        for k, chunk in enumerate(plan_pose_chunks(45)):
-            rows.append(a2p.decode_chunk(a2p.chunk_embedding(mels, chunk), chunk, ref, style, z[k]))
-        assert torch.equal(torch.cat(rows, 1), whole)
-
-        short = a2p.predict(mels[:, :20], ref, style, z=z[2:])
-        emb = a2p.audio_encoder(mels[:, 1:20])
-        padded = torch.cat([emb[:, :1].expand(-1, 13, -1), emb], dim=1)
-        manual = a2p.netG.decoder(z[2], style, ref, padded)[:, -19:]
-        assert short["pose_motion_pred"].shape == (1, 20, 6)
-        assert torch.equal(short["pose_motion_pred"][:, 1:], manual)
-        with pytest.raises(ValueError, match="latents"):
-            a2p.predict(mels, ref, style, z=z[:1])
+def test_pose_decodes_cover_each_frame_once(parity_nets, num_frames):
+    """The timeline's pose decodes on a clip of T frames: whole 32-frame chunks ending at 32, 64,
+    ..., then one remainder decode ending at T-1; every frame 1..T-1 gets exactly one row."""
+    wav = np.random.default_rng(num_frames).standard_normal(num_frames * 640).astype(np.float32) * 0.1
+    source = SourceCoeffs(np.zeros(64, np.float32), np.zeros(6, np.float32))
+    tl = clip_timeline(AudioStage(*parity_nets, torch.device("cpu")), wav, source, TimelineParams(), latents=Latents(1))
+    n = num_frames - 1
+    expected = [32 * (k + 1) for k in range(n // 32)] + ([num_frames - 1] if n % 32 else [])
+    assert tl.decode_ends == expected and tl.decodes == len(expected)
+    assert tl.num_frames == num_frames and tl.pose_ready == num_frames - 1
+    assert np.isfinite(tl.raw_pose(np.arange(num_frames), source.ref_pose)).all()
 
 
 def test_smoothing_short_clips():
@@ -341,24 +302,6 @@ def test_smoothing_short_clips():
         assert np.array_equal(smooth_pose(x), x)
     x = rng.standard_normal((8, 6)).astype(np.float32)
     np.testing.assert_allclose(smooth_pose(x), savgol_filter(x.astype(np.float64), 7, 2, axis=0), atol=1e-6)
-
-
-def test_mel_streaming_windows(parity_io):
-    """A window taken from a growing spectrogram is final once the spectrogram reaches its last
-    mel frame; mel_window agrees with the vectorised mel_windows."""
-    _, outputs = parity_io
-    mel = outputs["mel"]
-    full = mel_windows(mel, 45)
-    for i in range(45):
-        assert np.array_equal(mel_window(mel, i), full[i])
-        need = last_mel_frame(i) + 1
-        if need <= len(mel):
-            assert np.array_equal(mel_window(mel[:need], i), full[i])
-    # spectrogram frames away from the clip's end depend only on local samples
-    wav = outputs["wav_float32_cropped"]
-    front = MelFrontend()
-    part = front.spectrogram(wav[:16000])
-    np.testing.assert_allclose(part[:-3], front.spectrogram(wav)[: len(part) - 3], atol=1e-6)
 
 
 def test_hparams_layouts():

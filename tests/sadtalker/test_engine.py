@@ -20,33 +20,20 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from safetensors.torch import save_file
 
 from vcam_talker import cli
-from vcam_talker import config as C
-from vcam_talker.engines.sadtalker.audio_hparams import AudioHParams
-from vcam_talker.engines.sadtalker.engine import (
-    LM3D_STD,
-    MAPPING_FILES,
-    SadTalkerEngine,
-    WeightLayout,
-    combined_file,
-    feather_mask,
-    load_stages,
-    source_crop,
-)
-from vcam_talker.engines.sadtalker.hparams import SadTalkerHParams
-from vcam_talker.engines.sadtalker.stream import (
-    BlinkSchedule,
-    CoefficientStream,
-    SourceCoeffs,
-    StreamParams,
-    clip_coefficients,
-)
+from vcam_talker.engines.sadtalker.composite import feather_mask
+from vcam_talker.engines.sadtalker.engine import SadTalkerEngine
+from vcam_talker.engines.sadtalker.files import MAPPING_FILES, combined_file
+from vcam_talker.engines.sadtalker.source import LM3D_STD, source_crop
+from vcam_talker.engines.sadtalker.presets import TimelineParams
+from vcam_talker.engines.sadtalker.timeline import SourceCoeffs, clip_coefficients, clip_timeline
 from vcam_talker.errors import CheckpointError, ConfigError, EngineError
 from vcam_talker.stream.windows import ArrayAudio, Windower
 
-from .weight_rule import PARITY, rule_tensor
+from .official_weights import sadtalker_config
+from .parity_build import fixture_stages
+from .weight_rule import PARITY
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_AVATAR = ROOT / "avatars" / "default.png"
@@ -66,13 +53,6 @@ def close(name: str, ours, ref: np.ndarray, atol: float = 1e-4, rtol: float = 1e
     np.testing.assert_allclose(got, ref, atol=atol, rtol=rtol, err_msg=name)
 
 
-def sadtalker_config(**st) -> C.Config:
-    d = C.to_dict(C.Config())
-    d["engine"]["name"] = "sadtalker"
-    d["engine"]["sadtalker"].update(st)
-    return C.from_dict(d)
-
-
 # --------------------------------------------------------------------------------------------
 # Reduced-width fixture: the whole chain through the engine's stages
 # --------------------------------------------------------------------------------------------
@@ -81,16 +61,6 @@ def sadtalker_config(**st) -> C.Config:
 @pytest.fixture(scope="module")
 def fixture_io():
     return np.load(PARITY / "inputs.npz"), np.load(PARITY / "outputs.npz")
-
-
-def fixture_stages(full: bool = False):
-    doc = yaml.safe_load((PARITY / "config.yaml").read_text())
-    render_hp = SadTalkerHParams.from_yaml_dict(doc).render
-    audio_hp = AudioHParams.from_yaml_dict(doc)
-    w = PARITY / "weights.safetensors"
-    # the fixture keeps both MappingNets in its one flat file; no face_3drecon in it
-    layout = WeightLayout(w, w, mapping_entry=None, mapping_prefix="mapping_full." if full else "mapping.", face_recon=False)
-    return load_stages(layout, render_hp, audio_hp, full=full)
 
 
 @pytest.fixture(scope="module")
@@ -104,21 +74,13 @@ def chain(stages, fixture_io):
     wav = (inputs["wav_int16"] / 32768).astype(np.float32)
     source = SourceCoeffs.from_row(inputs["source_coeff_3dmm"][0], full=False)
     z = torch.from_numpy(inputs["a2p_z"])
-    return clip_coefficients(
-        stages.audio, wav, source, style=int(inputs["pose_style"]), ratio=inputs["blink_ratio"], latents=lambda k: z[k]
-    ), source
+    params = TimelineParams(style=int(inputs["pose_style"]))
+    return clip_coefficients(stages.audio, wav, source, params, ratio=inputs["blink_ratio"], latents=lambda k: z[k]), source
 
 
-def test_chain_coefficients(chain, fixture_io):
-    _, outputs = fixture_io
-    res, source = chain
-    close("indiv_mels", res["indiv_mels"], outputs["indiv_mels"], atol=1e-5, rtol=0)
-    close("exp_coeff", res["exp"], outputs["exp_coeff"])
-    close("pose_raw", res["pose_raw"], outputs["pose_raw"])
-    close("pose_smoothed", res["pose_smoothed"], outputs["pose_smoothed"])
-    close("coeffs70", res["coeffs"], outputs["coeffs70"])
-    close("target_semantics", res["windows"], outputs["target_semantics"])
-    close("source_semantics", source.source_window(), outputs["source_semantics"])
+def test_source_semantics(chain, fixture_io):
+    # the chain's coefficients, every frame, are pinned in test_clip_parity.py
+    close("source_semantics", chain[1].source_window(), fixture_io[1]["source_semantics"])
 
 
 def test_chain_to_frames(stages, chain, fixture_io):
@@ -142,15 +104,16 @@ def test_chain_to_frames(stages, chain, fixture_io):
     assert diff("dm_deformation", out["deformation"][dbg], outputs["dm_deformation"]).max() <= 5e-3
 
 
-def test_full_mode_windows_and_mapping(fixture_io):
+def test_full_mode_windows_and_mapping(stages, fixture_io):
     """'full' mode appends the source crop (s, tx, ty) to every row and uses the coeff-73 MappingNet."""
     inputs, outputs = fixture_io
     source = SourceCoeffs.from_row(inputs["source_coeff_3dmm"][0], full=True)
-    coeffs = np.concatenate([outputs["coeffs70"], np.repeat(source.crop[None], 45, 0)], axis=1)
-    from vcam_talker.engines.sadtalker.audio2pose import semantic_windows
-
-    windows = semantic_windows(coeffs)[[0, 22]]
-    close("mapping73_input", windows, outputs["mapping73_input"], atol=1e-6)
+    z = torch.from_numpy(inputs["a2p_z"])
+    wav = (inputs["wav_int16"] / 32768).astype(np.float32)
+    tl = clip_timeline(stages.audio, wav, source, TimelineParams(style=int(inputs["pose_style"])),
+                       ratio=inputs["blink_ratio"], latents=lambda k: z[k])
+    windows = np.stack([tl.window(0, source), tl.window(22, source)])
+    close("mapping73_input", windows, outputs["mapping73_input"])
     full = fixture_stages(full=True)
     with torch.inference_mode():
         motion = full.motion.mapping(torch.from_numpy(windows))
@@ -160,116 +123,16 @@ def test_full_mode_windows_and_mapping(fixture_io):
 
 
 def test_source_crop_geometry(fixture_io):
-    """The engine's crop is the reference's; landmarks are mapped into it, not re-detected."""
+    """The engine's crop of a photo is the reference's; the photo's landmarks map into it
+    where the reference re-detects them (the engine re-detects too, see test_source.py)."""
     inputs, outputs = fixture_io
     crop = source_crop(inputs["pre_full_image_rgb"], inputs["pre_landmarks68_full"], 256)
     assert np.array_equal(crop["source"], outputs["pre_crop256"])
     close("landmarks in the crop", crop["landmarks"], outputs["pre_landmarks68_crop256"], atol=0.05, rtol=0)
-    assert tuple(crop["paste_box"][2:]) == tuple(outputs["pre_crop_info_size"])
+    x0, y0, x1, y1 = crop["box"]
+    assert (x1 - x0, y1 - y0) == tuple(outputs["pre_crop_info_size"])
     assert np.array_equal(LM3D_STD, inputs["lm3d_std_5x3"])
 
-
-# --------------------------------------------------------------------------------------------
-# Streaming
-# --------------------------------------------------------------------------------------------
-
-
-def stream_windows(engine: SadTalkerEngine, wav: np.ndarray, frames, source: SourceCoeffs):
-    spec = engine.window_spec
-    win = Windower(ArrayAudio(wav, spec.sample_rate), spec, engine.config.video.fps)
-    engine.stream.set_source(source)
-    out = {}
-    for k in frames:
-        w = win.window(k)
-        engine.stream.ingest(w.samples, int(round(w.t * spec.sample_rate)) - spec.before, k)
-        out[k] = engine.stream.window(k, source)
-    return out
-
-
-def test_streaming_reproduces_offline(stages, fixture_io):
-    """With lookahead 37 and the reference's 32-frame pose chunks, streamed windows and frames
-    equal the offline chain wherever the reference's values depend only on audio already seen
-    (frames 0..13 here: window +13, smoothing +6, inside the first pose chunk)."""
-    inputs, outputs = fixture_io
-    cfg = sadtalker_config(lookahead_frames=37, pose_chunk=32, pose_style=int(inputs["pose_style"]))
-    engine = SadTalkerEngine(cfg, stages=stages)
-    assert engine.window_spec.after == 37 * 640 + 2120 and engine.stream.p.pose_delay == 0
-    ratio = inputs["blink_ratio"][:, 0]
-    z = torch.from_numpy(inputs["a2p_z"])
-    engine.stream = CoefficientStream(
-        stages.audio, engine.stream.p, blink=lambda f: float(ratio[f]) if f < len(ratio) else 0.0,
-        latents=lambda b: z[b] if b < len(z) else torch.zeros(64),
-    )
-    wav = outputs["wav_float32_cropped"]
-    source = SourceCoeffs.from_row(inputs["source_coeff_3dmm"][0], full=False)
-    windows = stream_windows(engine, wav, range(14), source)
-    got = np.stack([windows[k] for k in range(14)])
-    close("streamed target_semantics 0..13", got, outputs["target_semantics"][:14])
-    assert engine.stream.decodes == 1
-    with torch.inference_mode():
-        enc = stages.source.encode(torch.from_numpy(inputs["source_image"]))
-        kp_source = stages.motion(torch.from_numpy(source.source_window())[None], enc["kp_canonical"])
-        kp = stages.motion(torch.from_numpy(got), enc["kp_canonical"])
-        close("streamed kp_driving", kp, outputs["kp_driving"][:14], atol=5e-5)
-        pred = stages.frame(enc["feature_3d"], enc["compressed"], kp_source, kp[:1])["prediction"]
-    d = diff("streamed frame 0", pred[0], outputs["predictions"][0])
-    assert d.max() <= 1e-2 and d.mean() <= 1e-4
-
-
-def test_streaming_low_latency_is_bounded_and_continuous(stages, fixture_io):
-    """Default live settings: frames come out from the first window on, state stays bounded,
-    the head path is continuous across pose decodes, skipped windows and restarts are handled."""
-    inputs, outputs = fixture_io
-    engine = SadTalkerEngine(sadtalker_config(), stages=stages)
-    st = engine.config.engine.sadtalker
-    assert (st.lookahead_frames, st.pose_chunk) == (5, 8)
-    spec = engine.window_spec
-    assert spec.after == 5 * 640 + 2120 and spec.before >= 1681
-    wav = np.tile(outputs["wav_float32_cropped"], 6)  # 270 frames of speech
-    source = SourceCoeffs.from_row(inputs["source_coeff_3dmm"][0], full=False)
-    windows = stream_windows(engine, wav, range(240), source)
-    s = engine.stream
-    assert s.decodes >= 240 // 8 and s.resyncs == 0
-    assert len(s._exp_emb) <= 140 and len(s._mel) < 120 and len(s._audio) < 2000
-    pose = np.stack([windows[k][64:70, 13] for k in range(40, 240)])  # past the start-up
-    assert np.isfinite(pose).all()
-
-    def roughness(track):  # largest frame-to-frame step relative to the range, per channel
-        return np.abs(np.diff(track, axis=0)).max(axis=0) / np.ptp(track, axis=0)
-
-    offline = clip_coefficients(stages.audio, wav[: 240 * 640], source, style=0)["pose_smoothed"][40:]
-    print("pose roughness streamed", roughness(pose), "offline", roughness(offline))
-    assert (roughness(pose) <= 1.25 * roughness(offline).max()).all()
-    # blinks reach the expression net through the ratio, at 10..69-frame gaps
-    ratios = np.array(s._ratio)
-    assert ratios.max() == 1.0 and 0 < (ratios == 1.0).sum()
-    # a slow consumer skips windows: past the overlap the timeline restarts, keeping the pose
-    w = stream_windows(engine, wav, [260], source)[260]
-    assert s.resyncs == 1 and np.isfinite(w).all()
-    # time going backwards is a new stream
-    stream_windows(engine, wav, [0], source)
-    assert s.resyncs == 1 and s.frames_ready <= 1 + 5 + 2
-
-
-def test_blink_schedule_matches_reference_shape():
-    b = BlinkSchedule(3)
-    r = np.array([b.ratio(i) for i in range(2000)])
-    starts = np.flatnonzero((r[1:] == 0.5) & (r[:-1] == 0))
-    assert len(starts) > 20
-    for s in starts[:5]:
-        assert r[s + 1 : s + 6].tolist() == [0.5, 0.9, 1.0, 0.9, 0.5]
-    gaps = np.diff(starts) - 5
-    assert gaps.min() >= 10 and gaps.max() < 70
-    assert not any(BlinkSchedule(3, enabled=False).ratio(i) for i in range(200))
-
-
-def test_stream_params_windows():
-    p = StreamParams(lookahead=0)
-    assert p.window_samples(25) == (1881, 2120)
-    before, after = StreamParams(lookahead=2).window_samples(30)
-    assert after == 2 * 640 + 2120 + 320
-    before, after = StreamParams(lookahead=0).window_samples(2)
-    assert before + after > 16000 / 2  # consecutive windows touch at low frame rates
 
 
 def test_feather_mask():
@@ -289,7 +152,10 @@ def test_config_fields():
     with pytest.raises(ConfigError, match=r"engine\.sadtalker\.pose_style: must be 0\.\.45, got 46"):
         sadtalker_config(pose_style=46)
     with pytest.raises(ConfigError, match=r"engine\.sadtalker\.preprocess"):
-        sadtalker_config(preprocess="extcrop")
+        sadtalker_config(preprocess="seamless")
+    with pytest.raises(ConfigError, match=r"engine\.sadtalker\.yaw: must be -90\.0\.\.90\.0, got 120\.0"):
+        sadtalker_config(yaw=120)
+    assert sadtalker_config(pitch=-7).engine.sadtalker.pitch == -7.0
 
 
 def test_missing_weights_refused(tmp_path):
@@ -326,68 +192,6 @@ def test_half_needs_cuda(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Full size: random weights at the official shapes, official layout
 # --------------------------------------------------------------------------------------------
-
-
-def write_official_weights(directory: Path) -> None:
-    """Rule weights for every key of the real files (official_full_keys.json): the combined
-    safetensors (training-only audio2pose parts included) and both MappingNet .pth.tar files
-    with the state under 'mapping' next to another entry."""
-    doc = json.loads((PARITY / "official_full_keys.json").read_text())
-    sections = {k.split(" ")[0]: v for k, v in doc.items() if isinstance(v, dict)}
-    combined = {k: torch.from_numpy(rule_tensor(k, shape)) for k, (shape, _) in sections[combined_file(256)].items()}
-    save_file(combined, str(directory / combined_file(256)))
-    del combined
-    for name in MAPPING_FILES.values():
-        state = {k: torch.from_numpy(rule_tensor("mapping." + k, shape)) for k, (shape, _) in sections[name].items()}
-        save_padded({"mapping": state}, directory / name, manifest_size(name))
-
-
-def manifest_size(name: str) -> int | None:
-    """The real file's size from the weights manifest (the engine's presence check compares it)."""
-    try:
-        from vcam_talker import weights
-    except ImportError:
-        return None
-    return next((e.size for e in weights.load_manifest().files if e.name == name), None)
-
-
-def save_padded(obj: dict, path: Path, size: int | None) -> None:
-    """torch.save ``obj`` plus filler so the file has exactly ``size`` bytes, as the real
-    MappingNet files carry ~115 MB of other state next to 'mapping'. Records are 64-byte
-    aligned, so the last few bytes go into the zip comment."""
-    torch.save(obj, path)
-    if size is None:
-        return
-    n = size - path.stat().st_size - 4096
-    torch.save({**obj, "other_state": torch.zeros(max(n, 0), dtype=torch.uint8)}, path)
-    data = bytearray(path.read_bytes())
-    rest = size - len(data)
-    assert 0 <= rest < 65536 and data[-22:-18] == b"PK\x05\x06", "unexpected torch.save layout"
-    data[-2:] = rest.to_bytes(2, "little")  # end-of-central-directory comment length
-    path.write_bytes(bytes(data) + b"#" * rest)
-
-
-@pytest.fixture(scope="module")
-def official_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sadtalker_weights")
-    write_official_weights(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def full_engine(official_dir, tmp_path_factory):
-    import os
-
-    old = os.environ.get("VCAM_TALKER_CACHE")
-    os.environ["VCAM_TALKER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    cfg = sadtalker_config(weights_dir=str(official_dir), preprocess="full", device="cpu")
-    engine = SadTalkerEngine(cfg)
-    yield engine
-    engine.close()
-    if old is None:
-        os.environ.pop("VCAM_TALKER_CACHE", None)
-    else:
-        os.environ["VCAM_TALKER_CACHE"] = old
 
 
 def test_full_size_prepare_and_render(full_engine, speech_wav, monkeypatch):
@@ -427,9 +231,6 @@ def test_full_size_prepare_and_render(full_engine, speech_wav, monkeypatch):
 
 
 def test_full_size_refusals(official_dir, tmp_path):
-    # enhancer without its weights
-    with pytest.raises(EngineError, match="GFPGANv1.4.pth"):
-        SadTalkerEngine(sadtalker_config(weights_dir=str(official_dir), enhancer="gfpgan", device="cpu"))
     # a truncated checkpoint, then one of the right size with a damaged header: one line naming the file
     bad = tmp_path / "weights"
     bad.mkdir()

@@ -53,3 +53,19 @@ def rule_sha256(weights: dict[str, np.ndarray]) -> str:
         h.update(k.encode())
         h.update(np.ascontiguousarray(weights[k]).astype(weights[k].dtype.newbyteorder("<")).tobytes())
     return h.hexdigest()
+
+
+FACE_RECON = FIXTURES / "sadtalker_long" / "face_recon"
+
+
+def rule_weights_for(shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    """The rule applied to any key -> shape listing (e.g. the face_3drecon part of official_full_keys.json)."""
+    return {k: rule_tensor(k, list(s)) for k, s in shapes.items()}
+
+
+def rule_key_sha256(weights: dict[str, np.ndarray]) -> dict[str, str]:
+    """Per key, the sha256 of the tensor's raw little-endian bytes alone (sha256sum-style files)."""
+    return {
+        k: hashlib.sha256(np.ascontiguousarray(v).astype(v.dtype.newbyteorder("<")).tobytes()).hexdigest()
+        for k, v in weights.items()
+    }

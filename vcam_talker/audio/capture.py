@@ -245,6 +245,7 @@ class CaptureStats:
         arrived; grows when the machine is loaded.
     device_latency_s: the input latency PortAudio reports for the stream.
     timestamps: "adc" or "callback", where the capture times come from.
+    errors: blocks whose processing failed (skipped; the worker carries on).
     """
 
     nan_samples: int = 0
@@ -254,6 +255,7 @@ class CaptureStats:
     jitter_s: float = float("nan")
     device_latency_s: float = float("nan")
     timestamps: str = "callback"
+    errors: int = 0
 
 
 class _LowerEnvelope:
@@ -422,7 +424,14 @@ class AudioCapture:
                     if self._stop.is_set():
                         return
                     continue
-                self._process(*item)
+                try:
+                    self._process(*item)
+                except Exception as exc:  # one bad block must not end the capture
+                    with self._stats_lock:
+                        self._stats.errors += 1
+                    if self._stats.errors == 1:
+                        log.error("capture: a block failed (%s: %s); carrying on, counted in status",
+                                  type(exc).__name__, " ".join(str(exc).split())[:300])
         except BaseException as exc:  # keep it visible; the daemon checks .error
             self.error = exc
             log.exception("capture worker failed")

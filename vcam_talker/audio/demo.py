@@ -13,6 +13,9 @@ class LoopingSource:
     """Writes ``samples`` into ``ring`` block by block at real-time pace, looping,
     stamping each block with the monotonic time it is 'captured'."""
 
+    #: behind real time by more than this (s): skip to now
+    STALL_S = 0.5
+
     def __init__(self, ring, samples: np.ndarray, block_ms: float = 10.0, gap_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, name: str = "vcam-demo-source"):
         self.ring = ring
@@ -43,6 +46,11 @@ class LoopingSource:
             wait = due - self.clock()
             if wait > 0 and self._stop.wait(wait):
                 break
+            if wait < -self.STALL_S:
+                # the process was stopped or starved: a real device would have lost that
+                # audio too, so go on from now instead of writing seconds of stale blocks
+                t0 += -wait
+                self.stats["stalls"] = self.stats.get("stalls", 0) + 1
             idx = (pos + np.arange(self.block)) % len(self.clip)
             self.ring.write(self.clip[idx], t0 + n / rate)
             pos = (pos + self.block) % len(self.clip)

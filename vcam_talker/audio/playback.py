@@ -45,6 +45,7 @@ class PlaybackStats:
     speed: current resampling speed (1.0 = none; 1.01 plays 1 % faster).
     device_latency_s: time from a callback to its first frame at the DAC.
     errors: callbacks that failed (they played silence); see DelayedPlayback.error.
+    resyncs: jumps to the target after a stall (their samples count in lost_samples).
     """
 
     underflows: int = 0
@@ -56,6 +57,7 @@ class PlaybackStats:
     speed: float = 1.0
     device_latency_s: float = float("nan")
     errors: int = 0
+    resyncs: int = 0
 
 
 class DelayedPlayback:
@@ -79,6 +81,9 @@ class DelayedPlayback:
 
     Raises DeviceError (one line) when the device is missing or cannot be opened.
     """
+
+    #: a delay this much (s) above the target is a stall to jump over, not an error to glide out
+    RESYNC_S = 1.0
 
     def __init__(self, device: int | str | None, ring: AudioRing, *, target_delay: float = 0.15,
                  trim_s: float = 0.0, block_ms: float = 10.0, samplerate: float | None = None,
@@ -247,6 +252,18 @@ class DelayedPlayback:
         target = self.target
         p_before = rs.position
         measured = dac_time - ring.time_of(p_before)
+        if measured - target > self.RESYNC_S:
+            # after a stall (suspend, SIGSTOP) the delay is seconds too long: gliding back
+            # at 1.5 % would take minutes, so jump to the sample due now and count the loss
+            jump = min(ring.index_at(dac_time - target), ring.end) - p_before
+            if jump > 0:
+                rs.skip(jump)
+                self._count(lost=int(jump))
+                self._pred, self._jumps = None, 0
+                with self._lock:
+                    self._stats.resyncs += 1
+                p_before = rs.position
+                measured = dac_time - ring.time_of(p_before)
         # Predictor-corrector: the prediction knows what the last block did (speed,
         # splices), so the smoothing does not lag behind deliberate changes.
         if self._pred is not None and abs(measured - self._pred) > 0.01:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import numpy as np
 
@@ -45,6 +46,7 @@ class AudioRing:
         if sample_rate <= 0 or capacity_s <= 0:
             raise ValueError(f"AudioRing needs a positive rate and capacity, got {sample_rate} Hz, {capacity_s} s")
         self.sample_rate = int(sample_rate)
+        self.length = None  # a live stream never ends (see stream.windows.AudioSource)
         self.capacity = max(1, int(round(capacity_s * self.sample_rate)))
         self.smooth_s = float(smooth_s)
         self._buf = np.zeros(self.capacity, np.float32)
@@ -57,6 +59,9 @@ class AudioRing:
         self._aidx = np.zeros(self._amax, np.int64)
         self._at = np.zeros(self._amax, np.float64)
         self._na = 0
+        #: per write: seconds from the capture of its last sample to it being readable here
+        #: (the capture part of the latency; the writer's clock, bounded)
+        self.arrival_lag: deque[float] = deque(maxlen=200)
 
     # -- writing -------------------------------------------------------------------
 
@@ -86,6 +91,7 @@ class AudioRing:
                 self._buf[:len(x_keep) - k] = x_keep[k:]
             self._end = first + n
             self._add_anchor(first, float(t_first))
+            self.arrival_lag.append(time.monotonic() - (float(t_first) + n / self.sample_rate))
             self._cond.notify_all()
             return first
 

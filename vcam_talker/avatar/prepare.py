@@ -13,11 +13,12 @@ import cv2
 import numpy as np
 
 from vcam_talker.avatar import prepared as cache
-from vcam_talker.avatar.image import load_image
+from vcam_talker.avatar.image import MAX_IMAGE_BYTES, load_image
 from vcam_talker.avatar.landmarks import Face, LandmarkDetector
-from vcam_talker.avatar.prepared import PreparedAvatar
+from vcam_talker.avatar.prepared import Photo, PreparedAvatar
 from vcam_talker.config import Config
 from vcam_talker.errors import AvatarError
+from vcam_talker.safeio import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,8 @@ def prepare_avatar(
     """
     t0 = time.perf_counter()
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise AvatarError(f"{path}: avatar image not found") from None
-    except IsADirectoryError:
-        raise AvatarError(f"{path}: is a folder, not an image") from None
-    except OSError as exc:
-        raise AvatarError(f"{path}: cannot read avatar image ({exc.strerror})") from None
+    # a FIFO or /dev/zero must not block or fill memory: regular files only, capped
+    raw = read_capped(path, "avatar image", MAX_IMAGE_BYTES, AvatarError)
     sha = hashlib.sha256(raw).hexdigest()
     cpath = _cache_path(cfg, engine, sha, cache_tag) if cfg.cache.enabled else None
     if cpath is not None and cpath.exists():
@@ -143,7 +138,11 @@ def prepare_avatar(
                         engine=engine, sha256=sha, info=info)
     if precompute is not None:
         t = time.perf_counter()
-        av.data = precompute(av)
+        av.photo = Photo(img.rgb, face.landmarks, M)
+        try:
+            av.data = precompute(av)
+        finally:
+            av.photo = None  # up to 2048² RGB: not kept with the avatar, and never cached
         timing["precompute"] = (time.perf_counter() - t) * 1e3
     if cpath is not None:
         try:

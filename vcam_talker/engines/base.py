@@ -10,11 +10,13 @@ swap atomic: the caller switches the reference between two frames.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 
 import numpy as np
 
 from vcam_talker.avatar.prepared import PreparedAvatar
 from vcam_talker.frames import AudioWindow, WindowSpec
+from vcam_talker.stream.windows import ArrayAudio, Windower, frame_count
 
 
 class Engine(ABC):
@@ -44,6 +46,15 @@ class Engine(ABC):
 
         Calls come in frame order; the engine may keep motion state between them.
         """
+
+    def render_clip(self, samples: np.ndarray, avatar: PreparedAvatar, fps: int) -> Iterator[np.ndarray]:
+        """Every frame of a whole recording (float32 mono at ``window_spec.sample_rate``):
+        round(duration × fps) frames. An engine whose offline form differs from its streaming
+        one (it can see the whole clip) overrides this; by default it is the streaming form."""
+        rate = self.window_spec.sample_rate
+        windows = Windower(ArrayAudio(samples, rate), self.window_spec, fps)
+        for i in range(frame_count(len(samples), rate, fps)):
+            yield self.render(windows.window(i), avatar)
 
     def reset(self) -> None:
         """Forget motion state (a new stream starts)."""

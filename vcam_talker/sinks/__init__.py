@@ -1,1 +1,1 @@
-"""Where frames go: files and streams (ffmpeg), the virtual camera, or nowhere (null)."""
+"""Where frames go: files and streams (ffmpeg) and the virtual camera."""

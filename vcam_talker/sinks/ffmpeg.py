@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from vcam_talker.errors import VcamError
+from vcam_talker.safeio import private_dir
 from vcam_talker.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,11 @@ class FfmpegLiveSink(Sink):
         else:
             path = Path(self.target).expanduser()
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(path.parent)  # 0700/0600: a recording of the user's face and voice
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600))
+                os.chmod(path, 0o600)  # ffmpeg -y truncates it in place, keeping the mode
             except OSError as exc:
-                raise VcamError(f"sinks.ffmpeg.target: cannot create {path.parent} ({exc.strerror})") from None
+                raise VcamError(f"sinks.ffmpeg.target: cannot create {path} ({exc.strerror})") from None
             out = [str(path)]
             fmt = ["-movflags", "+frag_keyframe+empty_moov"]  # playable even if the daemon dies
         r, audio_w = os.pipe()

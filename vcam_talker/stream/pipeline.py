@@ -11,11 +11,18 @@ Threads (each named, each hand-off bounded):
   falls behind the pacer it skips windows (counted) instead of queueing stale work.
 - ``vcam-pacer``: ticks at exactly ``fps`` on the monotonic clock; each tick sends the
   frame for the audio now due, or repeats the last one (counted). Audio is never dropped:
-  audio sinks get every sample, whatever happened to the frames.
+  audio sinks get every sample, whatever happened to the frames, except after a stall
+  (suspend, SIGSTOP, swapping) longer than STALL_S: then both threads jump to the live
+  edge and the skipped audio is counted.
+
+Neither thread may die: each iteration catches every exception, counts it and logs the
+first of each kind (:class:`LoopGuard`); a thread that ends anyway is replaced by
+:func:`revive_dead`, which the daemon's control loop calls.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -24,8 +31,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vcam_talker.audio.ring import RingRangeError
 from vcam_talker.frames import VideoFrame
+from vcam_talker.stream.guard import LoopGuard
 from vcam_talker.stream.windows import Windower
+
+log = logging.getLogger(__name__)
+
+#: a tick later than this (s) is a stall: the process was stopped, suspended or starved
+STALL_S = 1.0
+#: a frame ready this long (s) after its audio was captured measures a stall, not the
+#: pipeline: it must not move the audio delay
+MAX_READY_S = 10.0
 
 
 @dataclass
@@ -38,16 +55,34 @@ class PipelineStats:
     engine_ms: deque = field(default_factory=lambda: deque(maxlen=500))
     ready_s: deque = field(default_factory=lambda: deque(maxlen=500))
     emit_times: deque = field(default_factory=lambda: deque(maxlen=500))
+    #: frames that reached at least one open sink (or ticks while no sink is open): the
+    #: proof of progress the watchdog ping and the fps figure are made from
+    frames_published: int = 0
+    publish_times: deque = field(default_factory=lambda: deque(maxlen=500))
+    stalls: int = 0
+    last_stall_s: float = 0.0
+    #: monotonic time the last stall ended; frames whose audio predates it are not measured
+    resumed_at: float = -1e18
+    audio_skipped_samples: int = 0
+    loop_errors: dict = field(default_factory=dict)
+    thread_restarts: int = 0
 
-    def snapshot(self) -> dict:
+    def snapshot(self, now: float | None = None) -> dict:
+        now = time.monotonic() if now is None else now
         ms = np.array(self.engine_ms) if self.engine_ms else np.zeros(1)
-        et = np.array(self.emit_times)
-        fps = (len(et) - 1) / (et[-1] - et[0]) if len(et) > 2 and et[-1] > et[0] else 0.0
+        # the rate of the last 2 s of published frames: 0 when nothing is published
+        pt = np.array(self.publish_times)
+        pt = pt[pt >= now - 2.0]
+        fps = (len(pt) - 1) / (pt[-1] - pt[0]) if len(pt) > 2 and pt[-1] > pt[0] else 0.0
         return {"fps": round(float(fps), 2), "engine_ms_p50": round(float(np.percentile(ms, 50)), 2),
                 "engine_ms_p95": round(float(np.percentile(ms, 95)), 2),
-                "frames_emitted": self.frames_emitted, "frames_rendered": self.frames_rendered,
+                "frames_emitted": self.frames_emitted, "frames_published": self.frames_published,
+                "frames_rendered": self.frames_rendered,
                 "frames_repeated": self.frames_repeated, "windows_skipped": self.windows_skipped,
-                "engine_errors": self.engine_errors}
+                "engine_errors": self.engine_errors, "stalls": self.stalls,
+                "last_stall_s": round(self.last_stall_s, 2),
+                "audio_skipped_samples": self.audio_skipped_samples,
+                "loop_errors": dict(self.loop_errors), "thread_restarts": self.thread_restarts}
 
 
 class FrameStore:
@@ -96,8 +131,22 @@ class DelayEstimator:
         self._lock = threading.Lock()
 
     def observe(self, ready_s: float) -> None:
+        if not 0.0 <= ready_s <= MAX_READY_S:  # a stall or a clock step, not the pipeline
+            return
         with self._lock:
             self._samples.append(ready_s)
+
+    def median_ready(self) -> float | None:
+        """The median measured 'frame ready - audio captured' (s), None before any."""
+        with self._lock:
+            return float(np.median(self._samples)) if self._samples else None
+
+    def resync(self) -> None:
+        """After a stall: drop what was measured through it; the next update sets the
+        delay from fresh measurements alone (the audio delay follows within a second)."""
+        with self._lock:
+            self._samples.clear()
+            self._settled = False
 
     def update(self) -> float:
         """Called about once a second."""
@@ -125,38 +174,62 @@ class EngineWorker(threading.Thread):
         self.on_error = on_error
         self.clock = clock
         self.next_index = 0
+        self.guard = LoopGuard("vcam-engine", stats)
+        self._args = dict(ring=ring, windower=windower, render=render, store=store, stats=stats, delay=delay,
+                          stop=stop, on_error=on_error, clock=clock)
+
+    def respawn(self) -> EngineWorker:
+        fresh = EngineWorker(**self._args)
+        fresh.next_index, fresh.guard = self.next_index, self.guard
+        return fresh
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            i = self.next_index
-            # behind the live edge (slow engine, stall): jump to the newest complete window.
-            # Rendering every stale window instead would make frames ever later, and the
-            # measured delay, which the audio follows, would grow without bound.
-            latest = self.windower.latest_complete(self.ring.end)
-            if latest - i > 1:
-                self.stats.windows_skipped += latest - i
-                i = latest
-            need = self.windower.end_sample(i)
-            if not self.ring.wait_for(need, timeout=0.1):
-                continue
-            window = self.windower.window(i)
-            t0 = self.clock()
             try:
-                image = self.render(window)
-            except Exception as exc:  # one bad frame must not take the camera away
-                self.stats.engine_errors += 1
-                if self.on_error:
-                    self.on_error(exc)
-                self.next_index = i + 1
-                continue
-            t1 = self.clock()
-            self.stats.engine_ms.append((t1 - t0) * 1e3)
-            self.stats.frames_rendered += 1
-            ready = t1 - self.ring.time_of(self.windower.center(i))
-            self.stats.ready_s.append(ready)
-            self.delay.observe(ready)
-            self.store.put(VideoFrame(index=i, t=window.t, image=image))
+                self._step()
+            except Exception as exc:  # the camera must outlive any bug in one frame's path
+                self.guard.failed(exc)
+                self.next_index = max(self.next_index, self.windower.latest_complete(self.ring.end))
+                self.stop_event.wait(0.05)  # a fault on every call must not spin a core
+
+    def _step(self) -> None:
+        i = self.next_index
+        # behind the live edge (slow engine, stall): jump to the newest complete window.
+        # Rendering every stale window instead would make frames ever later, and the
+        # measured delay, which the audio follows, would grow without bound.
+        latest = self.windower.latest_complete(self.ring.end)
+        if latest - i > 1:
+            self.stats.windows_skipped += latest - i
+            i = latest
+        need = self.windower.end_sample(i)
+        if not self.ring.wait_for(need, timeout=0.1):
+            return
+        try:
+            window = self.windower.window(i)
+        except RingRangeError:  # overwritten while this thread was stalled: go live
+            self.next_index = self.windower.latest_complete(self.ring.end)
+            return
+        t0 = self.clock()
+        try:
+            image = self.render(window)
+        except Exception as exc:  # one bad frame must not take the camera away
+            self.stats.engine_errors += 1
+            if self.on_error:
+                self.on_error(exc)
             self.next_index = i + 1
+            return
+        t1 = self.clock()
+        self.stats.engine_ms.append((t1 - t0) * 1e3)
+        self.stats.frames_rendered += 1
+        captured = self.ring.time_of(self.windower.center(i))
+        ready = t1 - captured
+        self.stats.ready_s.append(ready)
+        if captured >= self.stats.resumed_at - 0.5:  # audio from before a stall measures the stall
+            self.delay.observe(ready)
+        c = self.windower.center(i)
+        self.store.put(VideoFrame(index=i, t=window.t, image=image, sample=c,
+                                  window=(c - self.windower.spec.before, c + self.windower.spec.after)))
+        self.next_index = i + 1
 
 
 class Pacer(threading.Thread):
@@ -182,6 +255,16 @@ class Pacer(threading.Thread):
         #: reads and resets them (it logs the failure and reopens the sink)
         self.sink_errors: dict[str, int] = {}
         self.sink_reasons: dict[str, str] = {}
+        self.guard = LoopGuard("vcam-pacer", stats)
+        self._args = dict(ring=ring, windower=windower, fps=fps, store=store, sinks=sinks, stats=stats, delay=delay,
+                          stop=stop, idle_image=idle_image, on_tick=on_tick, clock=clock, sleep=sleep)
+        self._stall_logged_at = -1e18
+
+    def respawn(self) -> Pacer:
+        fresh = Pacer(**{**self._args, "sinks": self.sinks})
+        fresh._due, fresh._last, fresh.guard = self._due, self._last, self.guard
+        fresh.sink_errors, fresh.sink_reasons = self.sink_errors, self.sink_reasons
+        return fresh
 
     def due_index(self) -> int:
         return self._due
@@ -205,12 +288,36 @@ class Pacer(threading.Thread):
     def run(self) -> None:
         deadline, index = self.clock(), None
         while not self.stop_event.is_set():
-            now = self.clock()
-            if deadline - now > 0:
-                self.sleep(deadline - now)
+            try:
                 now = self.clock()
-            self.tick(now, index)
-            deadline, index = self.next_deadline(now, deadline)
+                if deadline - now > 0:
+                    self.sleep(deadline - now)
+                    now = self.clock()
+                if now - deadline > STALL_S:
+                    self.stalled(now, now - deadline)
+                    index = None
+                self.tick(now, index)
+                deadline, index = self.next_deadline(now, deadline)
+            except Exception as exc:  # a frozen camera is worse than any one bad tick
+                self.guard.failed(exc)
+                self._audio_pos = None  # resynchronise the audio at the live edge
+                self.stop_event.wait(1.0 / self.fps)
+                deadline, index = self.clock(), None
+
+    def stalled(self, now: float, late: float) -> None:
+        """The process did not run for ``late`` seconds: count it, say so (at most every
+        10 s), and resynchronise: audio and frames continue from the live edge, and the
+        delay is measured afresh."""
+        st = self.stats
+        st.stalls += 1
+        st.last_stall_s = late
+        st.resumed_at = now
+        self.delay.resync()
+        self._audio_pos = None
+        if now - self._stall_logged_at >= 10.0:
+            self._stall_logged_at = now
+            log.warning("the video pipeline stalled for %.1f s (suspend, SIGSTOP or an overloaded machine); "
+                        "resynchronised to the live edge (%d stalls so far)", late, st.stalls)
 
     def next_deadline(self, now: float, last: float) -> tuple[float, int | None]:
         """(when, which frame) the next tick is. Ticks are phase-locked to the audio clock:
@@ -248,22 +355,33 @@ class Pacer(threading.Thread):
             self._due = max(self._due, due)
         frame = self.store.get(self._due) if sample is not None else None
         if frame is None:
-            image = self._last.image if self._last is not None else self.idle_image()
-            frame = VideoFrame(index=self._due, t=self._due / self.fps, image=image, repeated=True)
+            last = self._last  # a repeat still says which audio its picture shows
+            if last is None:
+                frame = VideoFrame(index=self._due, t=self._due / self.fps, image=self.idle_image(), repeated=True)
+            else:
+                frame = VideoFrame(index=self._due, t=self._due / self.fps, image=last.image, repeated=True,
+                                   sample=last.sample, window=last.window)
         elif frame.index != self._due:
-            frame = VideoFrame(index=self._due, t=frame.t, image=frame.image, repeated=True)
+            frame = VideoFrame(index=self._due, t=frame.t, image=frame.image, repeated=True, sample=frame.sample,
+                               window=frame.window)
         if frame.repeated and sample is not None:
             self.stats.frames_repeated += 1
         audio = self._audio_until(sample)
-        for sink in self.sinks:
+        sinks = list(self.sinks)  # the control thread may swap the list meanwhile
+        delivered = 0
+        for sink in sinks:
             try:
                 sink.send(frame, audio if sink.wants_audio else None)
+                delivered += 1
             except Exception as exc:
                 self.sink_reasons[sink.name] = " ".join(str(exc).split()) or type(exc).__name__
                 self.sink_errors[sink.name] = self.sink_errors.get(sink.name, 0) + 1
         self._last = frame
         self.stats.frames_emitted += 1
         self.stats.emit_times.append(now)
+        if delivered or not sinks:  # no sink open: the control thread is reopening them
+            self.stats.frames_published += 1
+            self.stats.publish_times.append(now)
         if self.on_tick:
             self.on_tick(now)
 
@@ -272,10 +390,24 @@ class Pacer(threading.Thread):
         if sample is None:
             return None
         end = min(sample, self.ring.end)
-        if self._audio_pos is None:  # may start before the stream: the ring reads zeros there
-            self._audio_pos = end - self.rate // self.fps
-        if end <= self._audio_pos:
+        pos = self._audio_pos
+        if pos is None or (pos > 0 and pos < self.ring.start) or end - pos > self.MAX_AUDIO_S * self.rate:
+            # start (may be before the stream: the ring reads zeros there), or resuming
+            # after a stall: continue one frame before the live edge, count what was skipped
+            live = end - self.rate // self.fps
+            if pos is not None and live > pos:
+                self.stats.audio_skipped_samples += live - pos
+            pos = live
+        if end <= pos:
+            self._audio_pos = pos
             return np.zeros(0, np.float32)
-        out = self.ring.read(self._audio_pos, end - self._audio_pos)
+        try:
+            out = self.ring.read(pos, end - pos)
+        except RingRangeError:  # overwritten between the check and the read
+            self._audio_pos = None
+            return np.zeros(0, np.float32)
         self._audio_pos = end
         return out
+
+    #: more audio than this (s) owed at one tick means a stall: the rest is skipped
+    MAX_AUDIO_S = 2.0

@@ -17,6 +17,8 @@ from vcam_talker.frames import AudioWindow, WindowSpec
 
 class AudioSource(Protocol):
     sample_rate: int
+    #: samples in all for a recording; None for a live stream, which never ends
+    length: int | None
 
     def read(self, start: int, n: int) -> np.ndarray:
         """float32 mono samples [start, start + n); zeros before the stream start."""
@@ -28,6 +30,7 @@ class ArrayAudio:
     def __init__(self, samples: np.ndarray, sample_rate: int):
         self.samples = np.ascontiguousarray(samples, dtype=np.float32)
         self.sample_rate = sample_rate
+        self.length = len(self.samples)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -71,8 +74,10 @@ class Windower:
     def window(self, index: int) -> AudioWindow:
         c = self.center(index)
         samples = self.source.read(c - self.spec.before, self.spec.length)
+        n = self.source.length
+        end = n if n is not None and c + self.spec.after >= n else None
         return AudioWindow(index=index, t=c / self.spec.sample_rate, samples=samples,
-                           sample_rate=self.spec.sample_rate)
+                           sample_rate=self.spec.sample_rate, end=end)
 
 
 def frame_count(n_samples: int, sample_rate: int, fps: int) -> int:

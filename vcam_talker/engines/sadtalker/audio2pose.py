@@ -1,4 +1,4 @@
-"""The audio-to-pose CVAE (inference part), its chunking rule, pose smoothing and semantic windows.
+"""The audio-to-pose CVAE (inference part) and the reference's pose smoothing.
 
 Network (:class:`Audio2Pose`, keys as the official ``audio2pose.`` section without its prefix):
 
@@ -12,21 +12,15 @@ Network (:class:`Audio2Pose`, keys as the official ``audio2pose.`` section witho
 The checkpoint's ``netG.encoder.*`` (the CVAE encoder) and ``netD_motion.*`` (a discriminator)
 only serve training; we do not build them and the loader skips exactly those prefixes.
 
-Chunking (:func:`plan_pose_chunks`): frame 0 is the reference frame, with zero motion. Frames
-1..T-1 go in chunks of 32 with one latent each; a remainder of r frames re-decodes the *last*
-32 frames (front-padded with the first embedding when fewer exist) with its own latent and
-keeps only its last r rows. Every frame 1..T-1 is written by exactly one chunk, so the chunks
-can be decoded one at a time as audio arrives and concatenated.
-
-After the nets, :func:`smooth_pose` applies the reference's Savitzky–Golay filter and
-:func:`semantic_windows` builds the 27-frame windows that drive the renderer's mapping net.
+Which frames each decode reads and writes (the reference's chunking, the remainder chunk,
+padding of short clips) is the coefficient timeline's business (:mod:`.timeline`);
+:func:`smooth_pose` is the reference's Savitzky–Golay filter over the decoded poses.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -169,101 +163,15 @@ class PoseCVAE(nn.Module):
         self.decoder = PoseDecoder(params)
 
 
-@dataclass(frozen=True)
-class PoseChunk:
-    """One CVAE decode: the mel windows it reads and the frames it writes.
-
-    - ``mel_start:mel_stop`` index the clip's per-frame mel windows (length ≤ seq_len; shorter
-      only when the clip has fewer than seq_len frames after the reference frame);
-    - ``pad``: leading copies of the first embedding that bring the input to seq_len;
-    - ``keep``: the decoder's last ``keep`` output rows are frames ``out_start:out_start+keep``.
-    """
-
-    mel_start: int
-    mel_stop: int
-    pad: int
-    out_start: int
-    keep: int
-
-
-def plan_pose_chunks(num_frames: int, seq_len: int = 32) -> list[PoseChunk]:
-    """The reference's chunking of frames 1..num_frames-1 (frame 0 is the reference pose).
-
-    num_frames T >= 1 -> ⌈(T-1)/seq_len⌉ chunks: whole chunks first, then the remainder chunk,
-    which re-reads the last seq_len frames. The chunks write frames 1..T-1 exactly once, in order.
-    """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    n = num_frames - 1
-    chunks = [PoseChunk(1 + k * seq_len, 1 + (k + 1) * seq_len, 0, 1 + k * seq_len, seq_len) for k in range(n // seq_len)]
-    rem = n % seq_len
-    if rem:
-        start = max(1, num_frames - seq_len)
-        chunks.append(PoseChunk(start, num_frames, seq_len - (num_frames - start), num_frames - rem, rem))
-    return chunks
-
-
 class Audio2Pose(nn.Module):
-    """Mel windows + reference pose + style + latents → head pose per frame.
-
-    ``predict(indiv_mels B×T×1×80×16, ref_pose B×6, style B, z)`` returns a dict with
-    ``pose_motion_pred`` B×T×6 (row 0 zero), ``pose_pred`` B×T×6 (ref + motion) and
-    ``audio_emb`` (list of B×seq_len×c4, one per chunk).
-    """
+    """``audio_encoder``: mel windows B×T×1×80×16 -> embeddings B×T×c4;
+    ``netG.decoder(z B×64, style B, ref_pose B×6, emb B×seq_len×c4)`` -> motion B×seq_len×6."""
 
     def __init__(self, params: Audio2PoseParams = Audio2PoseParams()) -> None:
         super().__init__()
         self.params = params.validate()
         self.audio_encoder = PoseAudioEncoder(params.audio_encoder_channels)
         self.netG = PoseCVAE(params)
-
-    def chunk_embedding(self, indiv_mels: torch.Tensor, chunk: PoseChunk) -> torch.Tensor:
-        """Encoder input for one chunk. indiv_mels: B×T×1×80×16 -> B×seq_len×c4."""
-        emb = self.audio_encoder(indiv_mels[:, chunk.mel_start : chunk.mel_stop])
-        if chunk.pad:
-            emb = torch.cat([emb[:, :1].expand(-1, chunk.pad, -1), emb], dim=1)
-        return emb
-
-    def decode_chunk(
-        self, audio_emb: torch.Tensor, chunk: PoseChunk, ref_pose: torch.Tensor, style: torch.Tensor, z: torch.Tensor
-    ) -> torch.Tensor:
-        """Motion rows written by one chunk. audio_emb B×seq_len×c4, z B×64 -> B×keep×6."""
-        motion = self.netG.decoder(z, style, ref_pose, audio_emb)
-        return motion[:, motion.shape[1] - chunk.keep :]
-
-    def predict(
-        self,
-        indiv_mels: torch.Tensor,
-        ref_pose: torch.Tensor,
-        style: torch.Tensor | int,
-        z: torch.Tensor | Sequence[torch.Tensor] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """Whole-clip inference as the reference's test path.
-
-        indiv_mels: B×T×1×80×16; ref_pose: B×6 (angle 3 ‖ trans 3 of the source);
-        style: int or B int64 class ids in [0, num_classes);
-        z: one B×64 latent per chunk (n_chunks×B×64 or a list); None draws them with
-        ``torch.randn(B, 64)`` (from ``generator`` when given), one per chunk in chunk order,
-        which is the reference's sequence of draws: the same seed gives the same latents.
-        """
-        b, t = indiv_mels.shape[:2]
-        if not isinstance(style, torch.Tensor):
-            style = torch.full((b,), int(style), dtype=torch.long, device=indiv_mels.device)
-        chunks = plan_pose_chunks(t, self.params.seq_len)
-        if z is not None and len(z) != len(chunks):
-            raise ValueError(f"{len(chunks)} pose chunks for {t} frames, but {len(z)} latents given")
-        rows = [torch.zeros(b, 1, self.params.pose_dim, dtype=ref_pose.dtype, device=ref_pose.device)]
-        embs = []
-        for k, chunk in enumerate(chunks):
-            zk = z[k] if z is not None else torch.randn(
-                b, self.params.latent_size, generator=generator, device=indiv_mels.device
-            )
-            emb = self.chunk_embedding(indiv_mels, chunk)
-            embs.append(emb)
-            rows.append(self.decode_chunk(emb, chunk, ref_pose, style, zk.reshape(b, -1)))
-        motion = torch.cat(rows, dim=1)
-        return {"pose_motion_pred": motion, "pose_pred": ref_pose[:, None] + motion, "audio_emb": embs}
 
 
 def smooth_pose(pose: np.ndarray | torch.Tensor, axis: int = -2) -> np.ndarray:
@@ -282,43 +190,6 @@ def smooth_pose(pose: np.ndarray | torch.Tensor, axis: int = -2) -> np.ndarray:
     if window <= SAVGOL_ORDER:
         return x.copy()
     return savgol_filter(x.astype(np.float64), window, SAVGOL_ORDER, axis=axis).astype(np.float32)
-
-
-def window_rows(frame: int | np.ndarray, num_frames: int, radius: int = SEMANTIC_RADIUS) -> np.ndarray:
-    """Coefficient rows of frame ``frame``'s window: clamp(i-radius .. i+radius) to [0, T-1].
-
-    Scalar -> (2r+1,); array (N,) -> (N, 2r+1).
-    """
-    i = np.asarray(frame)[..., None]
-    return np.clip(i + np.arange(-radius, radius + 1), 0, num_frames - 1)
-
-
-def semantic_windows(coeffs: np.ndarray | torch.Tensor, radius: int = SEMANTIC_RADIUS) -> np.ndarray | torch.Tensor:
-    """The renderer's driving windows for every frame. coeffs: T×C -> T×C×(2r+1) (27 officially).
-
-    Works on numpy arrays and torch tensors alike (gather only).
-    """
-    idx = window_rows(np.arange(coeffs.shape[0]), coeffs.shape[0], radius)
-    if isinstance(coeffs, torch.Tensor):
-        return coeffs[torch.from_numpy(idx).to(coeffs.device)].transpose(1, 2)
-    return np.ascontiguousarray(coeffs[idx].transpose(0, 2, 1))
-
-
-def semantic_window(coeffs: np.ndarray, frame: int, radius: int = SEMANTIC_RADIUS) -> np.ndarray:
-    """One frame's window from the coefficients known so far. coeffs: T×C -> C×(2r+1).
-
-    For a streaming caller: the window is final once ``coeffs`` has frame+radius+1 rows (or
-    holds the whole clip); before that the clamp repeats the last known row.
-    """
-    return np.ascontiguousarray(coeffs[window_rows(frame, coeffs.shape[0], radius)].T)
-
-
-def source_semantics(coeff: np.ndarray | torch.Tensor, radius: int = SEMANTIC_RADIUS) -> np.ndarray | torch.Tensor:
-    """The source's window: its one coefficient vector repeated. coeff: C -> C×(2r+1)."""
-    width = 2 * radius + 1
-    if isinstance(coeff, torch.Tensor):
-        return coeff.reshape(-1, 1).expand(-1, width).contiguous()
-    return np.repeat(np.asarray(coeff).reshape(-1, 1), width, axis=1)
 
 
 def load_audio2pose(

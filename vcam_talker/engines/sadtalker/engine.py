@@ -8,9 +8,10 @@ One resident object per stage, built once from the checkpoints:
 - :class:`MotionStage`: MappingNet + keypoint transformation (semantic window → keypoints);
 - :class:`FrameStage`: dense motion + SPADE decoder on the cached source volume.
 
-``prepare`` stores the crop, the 3DMM row, the keypoints and the source feature volume in the
-avatar cache; ``render`` never touches the source image again except for paste-back. The
-coefficient timeline (lookahead, pose chunks, blinks) lives in :mod:`.stream`.
+``prepare`` stores the crop (cut from the photo itself, :mod:`.source`), the 3DMM row, the
+keypoints and the source feature volume in the avatar cache; ``render`` never touches the
+source image again except for paste-back (:mod:`.composite`). The
+coefficient timeline (lookahead, pose chunks, blinks) lives in :mod:`.timeline`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -33,38 +33,29 @@ from vcam_talker.config import Config, SadTalkerConfig
 from vcam_talker.engines.base import Engine
 from vcam_talker.errors import CheckpointError, EngineError
 from vcam_talker.frames import AudioWindow, WindowSpec
+from vcam_talker.stream.windows import frame_count
 
 from .audio2exp import Audio2Exp
 from .audio2pose import Audio2Pose
 from .audio_hparams import AudioHParams
 from .checkpoint import load_strict, read_state_dict, split_prefix, training_only_prefixes
-from .face_recon import FaceReconNet, coeff_3dmm_row
-from .files import MAPPING_FILES, check_weights, combined_file
+from .face_recon import FaceReconNet
+from .composite import Cover, Paste, display
+from .files import check_weights, combined_file, folder_hparams, is_full, mapping_file
 from .generator import OcclusionAwareSPADEGenerator
 from .hparams import RenderHParams
 from .keypoints import KPDetector, transform_keypoints
 from .mapping import MappingNet
-from .preprocess import align_for_recon, crop_face, crop_geometry, flip_landmarks_y, resize_source
-from .stream import BlinkSchedule, CoefficientStream, Latents, SourceCoeffs, StreamParams, coeff_frame
+from .source import precompute
+from .presets import TimelineParams, coeff_frame
+from .randomness import BlinkSchedule, Latents, reference_blinks
+from .timeline import CoefficientTimeline, SourceCoeffs, clip_timeline
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-#: bump when the prepared arrays change meaning
-PREP_VERSION = "st-1"
-#: the five standard 3-D points of the 3DMM alignment (eyes, nose, mouth corners), from the
-#: reference's similarity_Lm3D_all.mat (Apache-2.0 data)
-LM3D_STD = np.array(
-    [
-        [-0.311486572, 0.290360779, 0.133779526],
-        [0.309798867, 0.289720356, 0.131795257],
-        [0.00325349881, -0.0461793244, 0.552442431],
-        [-0.252169281, -0.381339163, 0.224057317],
-        [0.248466194, -0.381282359, 0.22235769],
-    ],
-    dtype=np.float32,
-)
-GFPGAN_FILE = "GFPGANv1.4.pth"
+#: bump when the prepared arrays change meaning (st-2: the source is cut from the photo)
+PREP_VERSION = "st-2"
 #: prefixes of the combined file; anything else in it is an error
 COMBINED_PREFIXES = ("kp_extractor.", "generator.", "audio2exp.", "audio2pose.", "face_3drecon.")
 
@@ -119,8 +110,9 @@ class SourceStage:
         """224×224×3 uint8 aligned crop -> 257 3DMM coefficients (float32)."""
         if self.face_recon is None:
             raise EngineError("sadtalker: this engine was built without the face reconstruction net")
-        x = torch.from_numpy(np.ascontiguousarray(image224.transpose(2, 0, 1))).float().div(255)[None]
-        return self.face_recon(x.to(self.device))[0].float().cpu().numpy()
+        from .face_recon import recon_input
+
+        return self.face_recon(recon_input(image224).to(self.device))[0].float().cpu().numpy()
 
     def encode(self, source: torch.Tensor) -> dict[str, torch.Tensor]:
         """source 1×3×S×S in [0,1] -> ``kp_canonical`` 1×K×3 (float32), ``feature_3d``
@@ -140,9 +132,12 @@ class MotionStage:
     def __init__(self, mapping: MappingNet, device: torch.device) -> None:
         self.mapping, self.device = mapping, device
 
-    def __call__(self, windows: torch.Tensor, kp_canonical: torch.Tensor) -> torch.Tensor:
+    def __call__(self, windows: torch.Tensor, kp_canonical: torch.Tensor, *, yaw: float | None = None,
+                 pitch: float | None = None, roll: float | None = None) -> torch.Tensor:
+        """yaw, pitch, roll: degrees replacing the mapped head angles (the reference's
+        ``--input_yaw`` etc., for driving keypoints only); None keeps the mapped one."""
         motion = self.mapping(windows.to(self.device).float())
-        return transform_keypoints(kp_canonical.to(self.device), motion)
+        return transform_keypoints(kp_canonical.to(self.device), motion, yaw=yaw, pitch=pitch, roll=roll)
 
 
 class FrameStage:
@@ -265,66 +260,8 @@ def load_stages(
 
 
 # --------------------------------------------------------------------------------------------
-# Per-avatar preparation
+# Per-avatar state (preparation: :mod:`.source`; compositing: :mod:`.composite`)
 # --------------------------------------------------------------------------------------------
-
-
-def source_crop(image: np.ndarray, lm68: np.ndarray, size: int) -> dict[str, np.ndarray]:
-    """The reference's face crop of a framed avatar image.
-
-    image: H×W×3 uint8; lm68: 68×2 landmarks in it. Returns ``source`` size×size×3 uint8,
-    ``landmarks`` 68×2 in the source (mapped, not re-detected) and ``paste_box`` (x0, y0, w, h)
-    of the crop in ``image`` pixels.
-    """
-    h, w = image.shape[:2]
-    geometry = crop_geometry(lm68, (w, h))
-    crop = crop_face(image, geometry)
-    ch, cw = crop.shape[:2]
-    if ch < 8 or cw < 8:
-        raise EngineError(f"sadtalker: the face crop is only {cw}x{ch} px; use a larger face")
-    sx, sy = w / geometry.resized[0], h / geometry.resized[1]
-    ox, oy = geometry.origin
-    lm = np.asarray(lm68, np.float64) / (sx, sy) - (ox, oy)
-    lm = lm * (size / cw, size / ch)
-    box = np.array([round(ox * sx), round(oy * sy), round(cw * sx), round(ch * sy)], np.int64)
-    return {"source": resize_source(crop, size), "landmarks": lm.astype(np.float32), "paste_box": box}
-
-
-def prepare_arrays(stages: Stages, image: np.ndarray, lm68: np.ndarray, size: int) -> dict[str, np.ndarray]:
-    """Everything render() needs from one framed avatar image (see ``SadTalkerEngine.prepare``).
-
-    Returns float32/uint8/int arrays: ``source`` S×S×3, ``paste_box`` 4, ``trans_params`` 5,
-    ``coeff`` 73 (exp ‖ angle ‖ trans ‖ s, tx, ty), ``kp_canonical`` / ``kp_source`` K×3,
-    ``feature_3d`` Cf×D×S/4×S/4, ``compressed`` C×D×S/4×S/4.
-    """
-    crop = source_crop(image, lm68, size)
-    src = crop["source"]
-    aligned = align_for_recon(src, flip_landmarks_y(crop["landmarks"], size), LM3D_STD)
-    with torch.inference_mode():
-        coeffs = stages.source.coefficients(aligned.image)
-        row = coeff_3dmm_row(coeffs[None], aligned.trans_params)[0]
-        x = torch.from_numpy(np.ascontiguousarray(src.transpose(2, 0, 1))).float().div(255)[None]
-        enc = stages.source.encode(x)
-        window = SourceCoeffs.from_row(row, stages.full).source_window()
-        kp_source = stages.motion(torch.from_numpy(window)[None], enc["kp_canonical"])
-    out = {k: v[0].float().cpu().numpy() for k, v in enc.items()}
-    out.update(
-        source=src,
-        paste_box=crop["paste_box"],
-        trans_params=aligned.trans_params,
-        coeff=row,
-        kp_source=kp_source[0].float().cpu().numpy(),
-    )
-    return out
-
-
-def feather_mask(w: int, h: int, fraction: float = 0.08) -> np.ndarray:
-    """h×w×1 float32 blend weights: 1 inside, a smooth ramp to 0 over the border band."""
-    band = max(2.0, fraction * min(w, h))
-    x = np.minimum(np.arange(w) + 0.5, w - np.arange(w) - 0.5) / band
-    y = np.minimum(np.arange(h) + 0.5, h - np.arange(h) - 0.5) / band
-    m = np.clip(np.minimum(y[:, None], x[None, :]), 0, 1)
-    return (m * m * (3 - 2 * m)).astype(np.float32)[..., None]
 
 
 @dataclass
@@ -337,13 +274,22 @@ class AvatarContext:
     kp_source: torch.Tensor
     feature_3d: torch.Tensor
     compressed: torch.Tensor
-    paste_box: tuple[int, int, int, int]
-    mask: np.ndarray
+    #: puts a face into the frame (see :mod:`.composite`)
+    show: Paste | Cover
 
 
 # --------------------------------------------------------------------------------------------
 # The engine
 # --------------------------------------------------------------------------------------------
+
+
+def timeline_params(st: SadTalkerConfig, seq_len: int, audio_hp: AudioHParams) -> TimelineParams:
+    """The streaming timeline of ``engine.sadtalker``: its preset, or lookahead_frames and
+    pose_chunk when the preset is ``custom``."""
+    common = dict(style=st.pose_style, still=st.still, expression_scale=st.expression_scale, mel=audio_hp.mel)
+    if st.preset == "custom":
+        return TimelineParams(lookahead=st.lookahead_frames, pose_chunk=min(st.pose_chunk, seq_len), **common)
+    return TimelineParams.preset(st.preset, **common)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -363,51 +309,36 @@ class SadTalkerEngine(Engine):
         self.config = config
         st: SadTalkerConfig = config.engine.sadtalker
         self.st = st
-        self.full = st.preprocess == "full"
-        #: optional face enhancer: size×size×3 uint8 -> same; runs before paste-back
-        self.enhancer: Callable[[np.ndarray], np.ndarray] | None = None
+        #: 'full'/'extfull': paste into the photo, coeff-73 MappingNet
+        self.full = is_full(st.preprocess)
+        #: fixed head angles (degrees) replacing the driving ones; None: audio-driven
+        self.head_angles = {"yaw": st.yaw, "pitch": st.pitch, "roll": st.roll}
         if stages is None:
             device = resolve_device(st.device)
             if st.half and device.type != "cuda":
                 raise EngineError("engine.sadtalker.half: float16 needs a CUDA device; set half: false on CPU")
             directory = self.weights_dir = check_weights(config)
-            self._check_enhancer(directory)
-            layout = WeightLayout(directory / combined_file(st.size), directory / MAPPING_FILES[st.preprocess])
-            stages = load_stages(layout, full=self.full, device=device, half=st.half, compile=st.compile)
-            self.weights_id = _files_identity([layout.combined, layout.mapping])
+            layout = WeightLayout(directory / combined_file(st.size), directory / mapping_file(st.preprocess))
+            folder = folder_hparams(directory)  # non-official widths (and face size), if declared
+            hp = (folder.render, folder.audio) if folder else ()
+            stages = load_stages(layout, *hp, full=self.full, device=device, half=st.half, compile=st.compile)
+            self.weights_id = _files_identity([layout.combined, layout.mapping] + ([folder.path] if folder else []))
+            face_size = folder.image_size if folder and folder.image_size else st.size
         else:
             self.weights_dir = None
             self.weights_id = "custom"
+            face_size = st.size
         self.stages = stages
-        self.size = st.size
-        params = StreamParams(
-            lookahead=st.lookahead_frames,
-            pose_chunk=min(st.pose_chunk, stages.audio.seq_len),
-            style=st.pose_style,
-            still=st.still,
-            expression_scale=st.expression_scale,
-            mel=stages.audio_hp.mel,
-        )
+        self.size = face_size
+        params = timeline_params(st, stages.audio.seq_len, stages.audio_hp)
         before, after = params.window_samples(config.video.fps)
         self._spec = WindowSpec(SAMPLE_RATE, before / SAMPLE_RATE, after / SAMPLE_RATE)
-        self.stream = CoefficientStream(
-            stages.audio, params, blink=BlinkSchedule(st.seed, st.blink), latents=Latents(st.seed + 1)
+        self.timeline = CoefficientTimeline(
+            stages.audio, params, ratio=BlinkSchedule(st.seed, st.blink), latents=Latents(st.seed + 1)
         )
         self._detector = None
         self._contexts: OrderedDict[int, AvatarContext] = OrderedDict()
         self._last: tuple[int, int, np.ndarray] | None = None
-
-    def _check_enhancer(self, directory: Path) -> None:
-        if self.st.enhancer == "gfpgan":
-            if not (directory / GFPGAN_FILE).is_file():
-                raise EngineError(
-                    f"engine.sadtalker.enhancer: gfpgan needs {GFPGAN_FILE} in {directory}; "
-                    "set enhancer: none or put the file there"
-                )
-            raise EngineError(
-                "engine.sadtalker.enhancer: gfpgan is not built into this version; set enhancer: none "
-                "(a plugin can set SadTalkerEngine.enhancer instead)"
-            )
 
     # -- Engine interface -------------------------------------------------------------------
 
@@ -427,13 +358,15 @@ class SadTalkerEngine(Engine):
         return self._detector
 
     def prepare(self, image_path: str | Path) -> PreparedAvatar:
-        """Crop, 3DMM coefficients, keypoints and the source feature volume, through the cache."""
+        """Source crop from the photo, 3DMM coefficients, keypoints and the source feature
+        volume, through the cache (:mod:`.source`)."""
         tag = f"{PREP_VERSION}-{self.size}-{self.st.preprocess}-{self.weights_id}"
+        mode = self.st.preprocess
         return prepare_avatar(
             Path(image_path),
             self.config,
             self.name,
-            precompute=lambda av: prepare_arrays(self.stages, av.image, av.landmarks, self.size),
+            precompute=lambda av: precompute(self.stages, av, self.size, mode, self.full, self.detector),
             detector=self.detector,
             cache_tag=tag,
         )
@@ -446,7 +379,6 @@ class SadTalkerEngine(Engine):
             return ctx
         d, s = avatar.data, self.stages
         dev, dt = s.device, s.dtype
-        x0, y0, w, h = (int(v) for v in d["paste_box"])
         ctx = AvatarContext(
             image=avatar.image,
             coeffs=SourceCoeffs.from_row(d["coeff"], self.full),
@@ -454,60 +386,66 @@ class SadTalkerEngine(Engine):
             kp_source=torch.from_numpy(d["kp_source"])[None].to(dev),
             feature_3d=torch.from_numpy(d["feature_3d"])[None].to(dev, dt),
             compressed=torch.from_numpy(d["compressed"])[None].to(dev, dt),
-            paste_box=(x0, y0, w, h),
-            mask=feather_mask(w, h),
+            show=display(self.full, avatar.image, d, self.size),
         )
         self._contexts[key] = ctx
         while len(self._contexts) > 2:
             self._contexts.popitem(last=False)
         return ctx
 
+    def coefficient_window(self, window: AudioWindow, source: SourceCoeffs) -> tuple[int, np.ndarray]:
+        """Feed one audio window to the streaming timeline: (clip frame shown, its C×27 window)."""
+        centre = int(round(window.t * window.sample_rate))
+        self.timeline.set_source(source)
+        self.timeline.ingest(window.samples, centre - self._spec.before, window.end)
+        frame = coeff_frame(window.t)
+        return self.timeline.clip_frame(frame), self.timeline.window(frame, source)
+
     def render(self, window: AudioWindow, avatar: PreparedAvatar) -> np.ndarray:
         ctx = self.context(avatar)
-        frame = coeff_frame(window.t)
-        centre = int(round(window.t * window.sample_rate))
-        self.stream.set_source(ctx.coeffs)
-        self.stream.ingest(window.samples, centre - self._spec.before, frame)
+        frame, semantic = self.coefficient_window(window, ctx.coeffs)
+        return self._frame(frame, semantic, ctx)
+
+    def render_clip(self, samples: np.ndarray, avatar: PreparedAvatar, fps: int) -> Iterator[np.ndarray]:
+        """The offline form: the whole clip's coefficients as the reference computes them
+        (remainder pose chunk, end clamping, the short-clip blink rule), then one frame per
+        video frame; video frame i shows coefficient frame round(25 i / fps), the last one past
+        the clip's end. samples: 16 kHz float32 mono."""
+        ctx = self.context(avatar)
+        tl = clip_timeline(self.stages.audio, samples, ctx.coeffs, self.timeline.p,
+                           ratio=self.clip_blinks(len(samples)), latents=Latents(self.st.seed + 1))
+        for i in range(frame_count(len(samples), SAMPLE_RATE, fps)):
+            frame = tl.clip_frame(coeff_frame(i / fps))
+            yield self._frame(frame, tl.window(frame, ctx.coeffs), ctx)
+
+    def clip_blinks(self, num_samples: int) -> np.ndarray:
+        """The blink ratio of a whole clip (the reference's rule; zeros with blink off)."""
+        t = max(1, num_samples // self.timeline.p.samples_per_frame)
+        return reference_blinks(t, self.st.seed) if self.st.blink else np.zeros(t, np.float32)
+
+    def _frame(self, frame: int, semantic: np.ndarray, ctx: AvatarContext) -> np.ndarray:
         if self._last is not None and self._last[:2] == (frame, id(ctx)):
             return self._last[2]  # video faster than 25 fps: same coefficient frame
-        face = self.render_face(frame, ctx)
-        if self.enhancer is not None:
-            face = self.enhancer(face)
-        out = self.compose(face, ctx)
+        out = self.compose(self.render_face(semantic, ctx), ctx)
         self._last = (frame, id(ctx), out)
         return out
 
-    def render_face(self, frame: int, ctx: AvatarContext) -> np.ndarray:
-        """The face crop for coefficient ``frame``: size×size×3 uint8."""
-        window = torch.from_numpy(self.stream.window(frame, ctx.coeffs))[None]
+    def render_face(self, semantic: np.ndarray, ctx: AvatarContext) -> np.ndarray:
+        """The face crop for one C×27 semantic window: size×size×3 uint8."""
+        window = torch.from_numpy(semantic)[None]
         with torch.inference_mode():
-            kp_driving = self.stages.motion(window, ctx.kp_canonical)
+            kp_driving = self.stages.motion(window, ctx.kp_canonical, **self.head_angles)
             pred = self.stages.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_driving)["prediction"]
             img = (pred[0].float().clamp(0, 1) * 255).round().to(torch.uint8)
         return img.permute(1, 2, 0).cpu().numpy()
 
     def compose(self, face: np.ndarray, ctx: AvatarContext) -> np.ndarray:
-        """'full': paste the face back into the framed avatar with a feathered seam;
-        'crop': the face crop scaled to cover the frame."""
-        W, H = self.frame_size
-        if not self.full:
-            scale = max(W, H) / face.shape[0]
-            big = cv2.resize(face, (round(face.shape[1] * scale), round(face.shape[0] * scale)),
-                             interpolation=cv2.INTER_LINEAR if scale >= 1 else cv2.INTER_AREA)
-            y0, x0 = (big.shape[0] - H) // 2, (big.shape[1] - W) // 2
-            return np.ascontiguousarray(big[y0 : y0 + H, x0 : x0 + W])
-        x0, y0, w, h = ctx.paste_box
-        out = ctx.image.copy()
-        region = out[y0 : y0 + h, x0 : x0 + w]
-        rh, rw = region.shape[:2]
-        interp = cv2.INTER_LINEAR if w >= face.shape[1] else cv2.INTER_AREA
-        patch = cv2.resize(face, (w, h), interpolation=interp)[:rh, :rw].astype(np.float32)
-        m = ctx.mask[:rh, :rw]
-        region[:] = (region * (1 - m) + patch * m + 0.5).astype(np.uint8)
-        return out
+        """'full'/'extfull': paste the face into the framed photo (feathered, colour-matched
+        seam); the other modes: the face at its crop box's aspect, covering the frame."""
+        return ctx.show(face)
 
     def reset(self) -> None:
-        self.stream.reset()
+        self.timeline.reset()
         self._last = None
 
     def close(self) -> None:

@@ -7,8 +7,8 @@ leaves N×2048×1×1. Seven 1×1 conv heads (``final_layers.0..6``, with bias) g
 expression 64, texture 80, angles 3, lighting 27, (tx, ty) 2 and tz 1 values, concatenated in
 that order to 257.
 
-Input: N×3×224×224 RGB in [0, 1] (the :func:`.preprocess.align_for_recon` crop / 255),
-no mean/std normalisation.
+Input: N×3×224×224 RGB in [0, 1] (the :func:`.preprocess.align_for_recon` crop / 255, built
+by :func:`recon_input`), no mean/std normalisation.
 """
 
 from __future__ import annotations
@@ -107,9 +107,30 @@ class FaceReconNet(nn.Module):
         c = self.backbone.out_channels
         self.final_layers = nn.ModuleList([nn.Conv2d(c, n, 1, bias=True) for n in head_sizes])
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: N×3×224×224 -> N×2048 globally pooled backbone features (the heads' input)."""
+        return self.backbone(x).flatten(1)
+
+    def heads(self, feat: torch.Tensor) -> torch.Tensor:
+        """feat: N×2048 -> N×257, the seven heads concatenated in :data:`HEAD_SIZES` order."""
+        f = feat[:, :, None, None]
+        return torch.cat([head(f) for head in self.final_layers], dim=1).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat = self.backbone(x)
-        return torch.cat([head(feat) for head in self.final_layers], dim=1).flatten(1)
+        return self.heads(self.features(x))
+
+
+def recon_input(image224: np.ndarray) -> torch.Tensor:
+    """224×224×3 uint8 RGB aligned crop -> 1×3×224×224 float32 in [0, 1] (CPU), the net's input.
+
+    Divided in float64 then cast, as the reference does (identical to a float32 division for
+    every uint8 value); no mean/std normalisation, no channel swap.
+    """
+    img = np.asarray(image224)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"recon_input wants an H×W×3 uint8 image, got {img.shape} {img.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    return x.to(torch.float64).div(255).float()[None]
 
 
 def split_coeffs(coeffs: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor | np.ndarray]:

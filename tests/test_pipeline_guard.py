@@ -13,7 +13,8 @@ import pytest
 from vcam_talker.audio.demo import LoopingSource
 from vcam_talker.audio.ring import AudioRing
 from vcam_talker.frames import WindowSpec
-from vcam_talker.stream.pipeline import DelayEstimator, FrameStore, Pacer, PipelineStats, revive_dead
+from vcam_talker.stream.guard import revive_dead
+from vcam_talker.stream.pipeline import DelayEstimator, FrameStore, Pacer, PipelineStats
 from vcam_talker.stream.windows import Windower
 
 RATE, FPS = 16000, 25

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything vcam-talker needs on Debian/Ubuntu into ./.venv:
-#   Debian packages (pulseaudio, libportaudio2, ffmpeg, espeak-ng) when root or with sudo,
+#   Debian packages (pulseaudio, pipewire + wireplumber + pipewire-pulse (the tests run
+#   against both servers), libportaudio2, ffmpeg, espeak-ng) when root or with sudo,
 #   torch 2.13.0 first (a looser spec would pull a multi-GB CUDA build), then the project.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(pulseaudio pulseaudio-utils libportaudio2 ffmpeg espeak-ng)
+apt_pkgs=(pulseaudio pulseaudio-utils pipewire wireplumber pipewire-pulse dbus libportaudio2 ffmpeg espeak-ng)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +19,14 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Installing pipewire-pulse enables its user units for every login; on a desktop that
+    # runs PulseAudio the two would race for the pulse socket. The tests start private
+    # servers, so leave the user's choice alone.
+    if [[ " ${missing[*]} " == *" pipewire-pulse "* ]] && command -v systemctl >/dev/null &&
+       systemctl --global is-enabled --quiet pulseaudio.socket 2>/dev/null; then
+      $SUDO systemctl --global disable --quiet pipewire-pulse.socket pipewire-pulse.service 2>/dev/null || true
+      echo "setup: PulseAudio stays the login sound server (pipewire-pulse installed for the tests only)" >&2
+    fi
   else
     echo "setup: missing Debian packages: ${missing[*]} (run as root or: sudo apt-get install ${missing[*]})" >&2
   fi

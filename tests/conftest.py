@@ -24,7 +24,7 @@ def espeak_wav(path: Path, text: str, rate: int = 16000, speed: int = 150) -> Pa
     subprocess.run(["espeak-ng", "-s", str(speed), "-w", str(raw), text], check=True)
     audio, sr = sf.read(raw, dtype="float32")
     if sr != rate:
-        import librosa
+        import librosa  # a dev dependency; the tests' speech was tuned with its resampler
 
         audio = librosa.resample(audio, orig_sr=sr, target_sr=rate)
     sf.write(path, audio.astype(np.float32), rate, subtype="PCM_16")

@@ -35,6 +35,24 @@ def live_config(**over) -> Config:
     return from_dict(d)
 
 
+def mouth_box(engine_cls, avatar: Path) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) around the avatar's mouth landmarks in the live frame, 10 px wider."""
+    av = engine_cls(live_config()).prepare(avatar)
+    (x0, y0), (x1, y1) = av.landmarks[48:68].min(0) - 10, av.landmarks[48:68].max(0) + 10
+    return int(y0), int(y1), int(x0), int(x1)
+
+
+def record_mic_while_playing(wav: Path, env: dict, device: str = "vcam_mic_monitor") -> np.ndarray:
+    """Plays ``wav`` into vcam_in with paplay and returns what ``device`` captured meanwhile
+    (16 kHz float32), 0.3 s before and 1 s after included."""
+    ring = AudioRing(RATE, 30.0)
+    with AudioCapture(device, ring):
+        time.sleep(0.3)
+        subprocess.run(["paplay", "--device=vcam_in", str(wav)], env=env, check=True, timeout=30)
+        time.sleep(1.0)
+        return ring.read(ring.start, ring.end - ring.start)
+
+
 def speech_with_gaps(espeak_wav, tmp: Path, texts: list[str], gap_s: float = 1.2) -> tuple[Path, np.ndarray]:
     parts = [np.zeros(int(0.5 * RATE), np.float32)]
     for i, text in enumerate(texts):

@@ -18,6 +18,7 @@ import soundfile as sf
 from scipy import signal
 
 from tests.conftest import espeak_wav
+from tests.pulse_env import both_servers
 
 from vcam_talker.audio.capture import AudioCapture, StreamResampler, downmix, sanitize
 from vcam_talker.audio.playback import DelayedPlayback
@@ -429,6 +430,7 @@ def test_delayed_playback_complete_accurate_and_click_free(pulse_server, four_ut
 # -- 6. virtual microphone -------------------------------------------------------------
 
 
+@both_servers
 def test_setup_virtual_mic_create_idempotent_undo(pulse_server):
     def names(kind):
         return {line.split("\t")[1] for line in pulse_server.pactl("list", "short", kind).splitlines()}

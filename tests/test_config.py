@@ -39,7 +39,8 @@ def test_type_errors():
     assert err({"video": {"fps": "25"}}) == "video.fps: must be an integer, got '25'"
     assert err({"video": {"width": 512.5}}) == "video.width: must be an integer, got 512.5"
     assert err({"cache": {"enabled": "yes"}}) == "cache.enabled: must be true or false, got 'yes'"
-    assert err({"engine": {"lookahead_ms": [1]}}) == "engine.lookahead_ms: must be a number, got [1]"
+    assert err({"engine": {"classic": {"lookahead_ms": [1]}}}) == "engine.classic.lookahead_ms: must be a number, got [1]"
+    assert err({"engine": {"lookahead_ms": 60}}) == "engine.lookahead_ms: unknown key (moved to engine.classic.lookahead_ms)"
     assert err({"video": 5}) == "video: must be a mapping of keys, got int"
     assert err(["a"]) == "config: must be a mapping of keys, got list"
 

@@ -8,20 +8,19 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 
 from tests.conftest import espeak_wav
 from tests.daemon_proc import DaemonProc, base_config, free_port
-from tests.live_harness import RATE, envelope, onsets
-from tests.pulse_env import PrivatePulse
+from tests.live_harness import envelope, onsets, record_mic_while_playing
+from tests.pulse_env import SERVERS, PrivatePulse, both_servers
 from tests.test_daemon_reload import check_frames_continuous
 
 
-def test_pulseaudio_killed_and_restarted(tmp_path):
-    from vcam_talker.audio.capture import AudioCapture
-    from vcam_talker.audio.ring import AudioRing
-
+@pytest.mark.parametrize("kind", SERVERS)
+def test_pulseaudio_killed_and_restarted(tmp_path, kind):
     wav = espeak_wav(tmp_path / "hello.wav", "Hello, I am back.")
-    pp = PrivatePulse()
+    pp = PrivatePulse(kind)  # PipeWire: pipewire, wireplumber and pipewire-pulse all killed
     try:
         server = pp.start()
         cfg = base_config(free_port(), audio={"input": "vcam_in_monitor", "output": "vcam_mic_sink"})
@@ -39,12 +38,7 @@ def test_pulseaudio_killed_and_restarted(tmp_path):
             d.wait_for("audio output back", since=t_up, timeout=20)
             time.sleep(1.0)
             # end to end again: speech into vcam_in comes out of the delayed mic
-            ring = AudioRing(RATE, 30.0)
-            with AudioCapture("vcam_mic_monitor", ring):
-                time.sleep(0.3)
-                subprocess.run(["paplay", "--device=vcam_in", str(wav)], env=server.env, check=True, timeout=30)
-                time.sleep(1.0)
-                mic = ring.read(ring.start, ring.end - ring.start)
+            mic = record_mic_while_playing(wav, server.env)
             st = d.status()
             d.terminate()
     finally:
@@ -54,7 +48,7 @@ def test_pulseaudio_killed_and_restarted(tmp_path):
     assert d.count("audio input lost") == 1  # logged once, not once per retry
     times, frames = d.frames()
     check_frames_continuous(times, frames)
-    print(f"\nPulseAudio restart: capture back {t_back - t_up:.1f} s after the server; "
+    print(f"\n{kind} restart: capture back {t_back - t_up:.1f} s after the server; "
           f"largest frame gap {np.diff(times).max() * 1e3:.0f} ms")
 
 
@@ -98,6 +92,7 @@ def test_camera_missing_at_start_then_vanishing(tmp_path):
     assert float(info["format"]["duration"]) > (t_end - t_start) - 3.0
 
 
+@both_servers
 def test_nan_and_inf_from_the_input_device(pulse_server, tmp_path):
     """A float32 sound-server device really delivers NaN and inf (PulseAudio passes them
     through): the daemon zeroes and counts them, says so in one line, and keeps going."""

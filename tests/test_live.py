@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import DEFAULT_AVATAR, espeak_wav
+from tests.pulse_env import both_servers
 from tests.live_harness import (RATE, av_offset_xcorr, chunk_alignment, av_offsets, envelope, live_config,
-                                onsets, run_daemon, speech_with_gaps)
+                                mouth_box, onsets, run_daemon, speech_with_gaps)
 from vcam_talker.engines.classic.engine import ClassicEngine
 
 FPS = 25
@@ -29,9 +30,7 @@ def mouth_crop(tmp_path_factory):
     import os
 
     os.environ.setdefault("VCAM_TALKER_CACHE", str(tmp_path_factory.mktemp("cache")))
-    av = ClassicEngine(live_config()).prepare(DEFAULT_AVATAR)
-    (x0, y0), (x1, y1) = av.landmarks[48:68].min(0) - 10, av.landmarks[48:68].max(0) + 10
-    return int(y0), int(y1), int(x0), int(x1)
+    return mouth_box(ClassicEngine, DEFAULT_AVATAR)
 
 
 def check_audio_complete(run):
@@ -66,6 +65,7 @@ def steady_fps(run) -> float:
     return (len(t) - 1) / (t[-1] - t[0])
 
 
+@both_servers
 def test_live_daemon_sync_latency_and_fps(pulse_server, speech, mouth_crop, capsys):
     wav, audio = speech
     run = run_daemon(live_config(), wav, mouth_crop)

@@ -46,6 +46,7 @@ class AvatarConfig:
 
 @dataclass
 class ClassicConfig:
+    lookahead_ms: float = _f(60.0, range=(0.0, 1000.0))
     mouth_gain: float = _f(1.0, range=(0.0, 3.0))
     attack_ms: float = _f(25.0, range=(0.0, 500.0))
     release_ms: float = _f(70.0, range=(0.0, 1000.0))
@@ -82,7 +83,6 @@ class SadTalkerConfig:
 @dataclass
 class EngineConfig:
     name: str = _f("classic", choices=("classic", "sadtalker"))
-    lookahead_ms: float = _f(60.0, range=(0.0, 1000.0))
     classic: ClassicConfig = field(default_factory=ClassicConfig)
     sadtalker: SadTalkerConfig = field(default_factory=SadTalkerConfig)
 
@@ -239,6 +239,10 @@ def _check_scalar(path: str, typ: Any, meta: dict, value: Any) -> tuple[Any, str
     return value, None
 
 
+#: keys that older versions had elsewhere: the error names the new place
+MOVED = {"engine.lookahead_ms": "engine.classic.lookahead_ms"}
+
+
 def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     if data is None:
         data = {}
@@ -254,6 +258,8 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(fields)})"
+            if kpath in MOVED:
+                hint = f" (moved to {MOVED[kpath]})"
             errors.append(f"{kpath}: unknown key{hint}")
             continue
         typ = hints[key]

@@ -77,3 +77,17 @@ class VideoFrame:
     sample: int = -1
     window: tuple[int, int] = (-1, -1)
     meta: dict = field(default_factory=dict)
+
+
+class AudioSpan(np.ndarray):
+    """The audio the pacer hands to audio sinks at a tick: float32 samples that also carry
+    ``start``, the ring index of the first one (negative before the stream's start), so a
+    recorder places them by index rather than by counting ticks. None: unknown."""
+
+    start: int | None = None
+
+    @staticmethod
+    def of(samples: np.ndarray, start: int) -> "AudioSpan":
+        out = np.asarray(samples, np.float32).view(AudioSpan)
+        out.start = int(start)
+        return out

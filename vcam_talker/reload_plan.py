@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from vcam_talker.config import Config
 from vcam_talker.frames import WindowSpec
 
-#: the engine settings each engine is built from (``engine.classic.*`` is applied live)
-ENGINE_FIELDS = {"classic": ("lookahead_ms",), "sadtalker": ("sadtalker",)}
+#: the settings each engine is built from; the rest of ``engine.classic`` is applied live
+BUILT_FROM = {"classic": lambda e: e.classic.lookahead_ms, "sadtalker": lambda e: e.sadtalker}
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ def engine_needed(old: Config, new: Config) -> bool:
     new frame size or rate (engines render at the configured size and rate)."""
     if new.engine.name != old.engine.name or new.video != old.video:
         return True
-    return any(getattr(new.engine, f) != getattr(old.engine, f) for f in ENGINE_FIELDS.get(new.engine.name, ()))
+    built_from = BUILT_FROM[new.engine.name]
+    return built_from(new.engine) != built_from(old.engine)
 
 
 def plan(old: Config, new: Config, old_spec: WindowSpec, new_spec: WindowSpec, *,

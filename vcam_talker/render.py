@@ -11,7 +11,7 @@ from vcam_talker.audio.files import load_speech
 from vcam_talker.config import Config
 from vcam_talker.engines import create_engine
 from vcam_talker.progress import Progress
-from vcam_talker.sinks.ffmpeg import FfmpegFileSink
+from vcam_talker.sinks.ffmpeg import FfmpegFileWriter
 from vcam_talker.stream.windows import ArrayAudio, Windower, frame_count
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def render_file(cfg: Config, audio: Path, out: Path, avatar: Path | None = None,
         frames = engine.render_clip(samples, av, cfg.video.fps)
     t1 = time.perf_counter()
     try:
-        with FfmpegFileSink(out, engine.frame_size, cfg.video.fps, audio=audio) as sink, \
+        with FfmpegFileWriter(out, engine.frame_size, cfg.video.fps, audio=audio) as sink, \
                 Progress(n, "render", unit="frame", enabled=progress) as bar:
             for image in frames:
                 sink.write(image)

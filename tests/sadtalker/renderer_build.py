@@ -13,7 +13,7 @@ from torch import nn
 from vcam_talker.engines.sadtalker.checkpoint import load_strict, read_state_dict, split_prefix
 from vcam_talker.engines.sadtalker.generator import OcclusionAwareSPADEGenerator
 from vcam_talker.engines.sadtalker.hparams import RenderHParams, SadTalkerHParams
-from vcam_talker.engines.sadtalker.keypoints import HEEstimator, KPDetector
+from vcam_talker.engines.sadtalker.keypoints import KPDetector
 from vcam_talker.engines.sadtalker.mapping import MappingNet
 
 from .weight_rule import FULL, PARITY
@@ -31,7 +31,6 @@ def module_builders(hp: RenderHParams) -> dict[str, Callable[[], nn.Module]]:
         "generator": lambda: OcclusionAwareSPADEGenerator(hp.generator, hp.common),
         "mapping": lambda: MappingNet(hp.mapping),
         "mapping_full": lambda: MappingNet(hp.mapping_full),
-        "he_estimator": lambda: HEEstimator(hp.he_estimator, hp.common),
     }
 
 

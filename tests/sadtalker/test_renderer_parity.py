@@ -283,7 +283,6 @@ def _ours(module: torch.nn.Module) -> dict[str, tuple[list[int], str]]:
         ("generator", "SadTalker_V0.0.2_256.safetensors", "generator."),
         ("mapping", "mapping_00229-model.pth.tar", ""),
         ("mapping_full", "mapping_00109-model.pth.tar", ""),
-        ("he_estimator", "facevid2vid_00189-model.pth.tar", ""),
     ],
 )
 def test_official_keys_and_shapes(official_full_keys, name, file_section, prefix):

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vcam_talker.avatar import prepared as cache
+from vcam_talker.avatar import prepared
 from vcam_talker.avatar.image import MAX_IMAGE_BYTES, load_image
 from vcam_talker.avatar.landmarks import Face, LandmarkDetector
 from vcam_talker.avatar.prepared import Photo, PreparedAvatar
@@ -63,7 +63,7 @@ def _cache_path(cfg: Config, engine: str, sha: str, tag: str) -> Path:
     params = {"tag": tag, "size": [cfg.video.width, cfg.video.height], "face_scale": cfg.avatar.face_scale,
               "max_side": cfg.avatar.max_side, "landmarks": cfg.avatar.landmarks}
     ph = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-    return cfg.cache_dir() / engine / f"{sha[:24]}-{ph}-v{cache.CACHE_VERSION}.npz"
+    return cfg.cache_dir() / engine / f"{sha[:24]}-{ph}-v{prepared.CACHE_VERSION}.npz"
 
 
 def prepare_avatar(
@@ -90,7 +90,7 @@ def prepare_avatar(
     cpath = _cache_path(cfg, engine, sha, cache_tag) if cfg.cache.enabled else None
     if cpath is not None and cpath.exists():
         try:
-            av = cache.load(cpath)
+            av = prepared.load(cpath)
             av.info["timing_ms"] = {"total": round((time.perf_counter() - t0) * 1e3, 2)}
             av.info["cache_file"] = str(cpath)
             return av
@@ -146,7 +146,7 @@ def prepare_avatar(
         timing["precompute"] = (time.perf_counter() - t) * 1e3
     if cpath is not None:
         try:
-            cache.save(cpath, av)
+            prepared.save(cpath, av)
             av.info["cache_file"] = str(cpath)
         except OSError as exc:
             log.warning("cannot write avatar cache %s (%s); running uncached", cpath, exc.strerror or exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 
@@ -13,6 +14,11 @@ class Sink(ABC):
     name = "sink"
     #: sinks that carry audio get the delayed audio for each tick (float32 mono, engine rate)
     wants_audio = False
+    #: the health hook: a sink that fails on its own (a writer thread that died, a dropped
+    #: connection) calls it with the reason; the supervisor binds it when it adds the sink
+    report: Callable[[str], None] = staticmethod(lambda reason: None)
+    #: a reopened sink counts as back after this long without a fault (s)
+    confirm_s = 2.0
 
     @abstractmethod
     def open(self) -> None:
@@ -24,6 +30,10 @@ class Sink(ABC):
 
     def close(self) -> None:
         """Release; must not raise."""
+
+    def stats(self) -> dict:
+        """Counters shown in status beside the sink's health."""
+        return {}
 
     @property
     def detail(self) -> str:

@@ -26,6 +26,7 @@ class VirtualCamSink(Sink):
         self.size = size
         self.fps = fps
         self.cam = None
+        self._convert = None  # set by open(), for the pixel format
 
     def open(self) -> None:
         import pyvirtualcam

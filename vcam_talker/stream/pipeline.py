@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vcam_talker.audio.ring import RingRangeError
-from vcam_talker.frames import VideoFrame
+from vcam_talker.frames import AudioSpan, VideoFrame
 from vcam_talker.stream.guard import LoopGuard
 from vcam_talker.stream.windows import Windower
 
@@ -239,6 +239,7 @@ class Pacer(threading.Thread):
     def __init__(self, *, ring, windower: Windower, fps: int, store: FrameStore, sinks: list,
                  stats: PipelineStats, delay: DelayEstimator, stop: threading.Event,
                  idle_image: Callable[[], np.ndarray], on_tick: Callable[[float], None] | None = None,
+                 on_sink_error: Callable[[str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         super().__init__(name="vcam-pacer", daemon=True)
         self.ring, self.windower, self.fps = ring, windower, fps
@@ -251,13 +252,15 @@ class Pacer(threading.Thread):
         self._due = 0
         self._audio_pos: int | None = None
         self._last: VideoFrame | None = None
-        #: failed sends per sink name, and the last reason; the daemon's control thread
-        #: reads and resets them (it logs the failure and reopens the sink)
+        #: failed sends per sink name, and the last reason; each failure also goes to
+        #: on_sink_error(name, reason), the supervisor's health hook, which reopens the sink
+        self.on_sink_error = on_sink_error
         self.sink_errors: dict[str, int] = {}
         self.sink_reasons: dict[str, str] = {}
         self.guard = LoopGuard("vcam-pacer", stats)
         self._args = dict(ring=ring, windower=windower, fps=fps, store=store, sinks=sinks, stats=stats, delay=delay,
-                          stop=stop, idle_image=idle_image, on_tick=on_tick, clock=clock, sleep=sleep)
+                          stop=stop, idle_image=idle_image, on_tick=on_tick, on_sink_error=on_sink_error,
+                          clock=clock, sleep=sleep)
         self._stall_logged_at = -1e18
 
     def respawn(self) -> Pacer:
@@ -374,8 +377,11 @@ class Pacer(threading.Thread):
                 sink.send(frame, audio if sink.wants_audio else None)
                 delivered += 1
             except Exception as exc:
-                self.sink_reasons[sink.name] = " ".join(str(exc).split()) or type(exc).__name__
+                why = " ".join(str(exc).split()) or type(exc).__name__
+                self.sink_reasons[sink.name] = why
                 self.sink_errors[sink.name] = self.sink_errors.get(sink.name, 0) + 1
+                if self.on_sink_error is not None:
+                    self.on_sink_error(sink.name, why)
         self._last = frame
         self.stats.frames_emitted += 1
         self.stats.emit_times.append(now)
@@ -400,14 +406,14 @@ class Pacer(threading.Thread):
             pos = live
         if end <= pos:
             self._audio_pos = pos
-            return np.zeros(0, np.float32)
+            return AudioSpan.of(np.zeros(0, np.float32), pos)
         try:
             out = self.ring.read(pos, end - pos)
         except RingRangeError:  # overwritten between the check and the read
             self._audio_pos = None
             return np.zeros(0, np.float32)
         self._audio_pos = end
-        return out
+        return AudioSpan.of(out, pos)  # with its ring index: recorders place it by index
 
     #: more audio than this (s) owed at one tick means a stall: the rest is skipped
     MAX_AUDIO_S = 2.0

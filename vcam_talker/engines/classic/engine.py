@@ -34,7 +34,7 @@ class ClassicEngine(Engine):
 
     def __init__(self, config: Config):
         self.config = config
-        self._spec = WindowSpec(SAMPLE_RATE, BEFORE_S, config.engine.lookahead_ms / 1000.0)
+        self._spec = WindowSpec(SAMPLE_RATE, BEFORE_S, config.engine.classic.lookahead_ms / 1000.0)
         self.motion = MotionModel(config.engine.classic, config.video.fps, SAMPLE_RATE,
                                   self._spec.before, self._spec.after)
         self._detector: LandmarkDetector | None = None

@@ -53,22 +53,6 @@ class KPDetectorParams:
 
 
 @dataclass(frozen=True)
-class HEEstimatorParams:
-    """``he_estimator_params``: the head-pose/expression estimator (unused by SadTalker inference).
-
-    ``stage_channels`` and ``stage_blocks`` are hard-coded in the official python.
-    """
-
-    block_expansion: int = 64
-    #: read by the official constructor but not used by it; kept for the yaml round-trip
-    max_features: int = 2048
-    num_bins: int = 66
-    stage_channels: tuple[int, ...] = (256, 512, 1024, 2048)
-    #: stride-1 bottlenecks per stage (each stage after the first also opens with a stride-2 one)
-    stage_blocks: tuple[int, ...] = (3, 3, 5, 2)
-
-
-@dataclass(frozen=True)
 class DenseMotionParams:
     """``generator_params.dense_motion_params``: the dense motion network."""
 
@@ -139,7 +123,6 @@ class RenderHParams:
 
     common: CommonParams = field(default_factory=CommonParams)
     kp_detector: KPDetectorParams = field(default_factory=KPDetectorParams)
-    he_estimator: HEEstimatorParams = field(default_factory=HEEstimatorParams)
     generator: GeneratorParams = field(default_factory=GeneratorParams)
     mapping: MappingParams = field(default_factory=MappingParams)
     mapping_full: MappingParams = field(default_factory=_mapping_full_default)
@@ -193,7 +176,8 @@ class RenderHParams:
     ) -> RenderHParams:
         """Build from a ``model_params``-style dict (official facerender.yaml section, or the parity
         fixture's ``facerender`` section). Missing sections and keys keep the official default;
-        unknown keys raise ValueError. ``discriminator_params`` (training only) is ignored.
+        unknown keys raise ValueError. ``discriminator_params`` (training only) and
+        ``he_estimator_params`` (a net SadTalker inference never runs) are ignored.
 
         ``mapping_full_params`` is read when present; otherwise ``mapping_full`` is ``mapping_params``
         with coeff_nc 73. ``spade_decoder`` (or a ``spade_decoder`` entry inside ``model_params``)
@@ -224,7 +208,6 @@ class RenderHParams:
         return cls(
             common=_build(CommonParams, mp.get("common_params") or {}, "common_params"),
             kp_detector=_build(KPDetectorParams, mp.get("kp_detector_params") or {}, "kp_detector_params"),
-            he_estimator=_build(HEEstimatorParams, mp.get("he_estimator_params") or {}, "he_estimator_params"),
             generator=generator,
             mapping=mapping,
             mapping_full=mapping_full,

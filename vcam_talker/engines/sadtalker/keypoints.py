@@ -2,9 +2,7 @@
 
 - :class:`KPDetector`: source image -> 15 canonical 3-D keypoints (state-dict prefix
   ``kp_extractor.`` in the combined checkpoint).
-- :class:`HEEstimator`: image -> head pose bins, translation, expression (the old
-  ``facevid2vid`` file's ``'he_estimator'`` entry; SadTalker inference does not use it).
-- :class:`HeadMotion`: the pose/expression parameters produced by MappingNet or HEEstimator.
+- :class:`HeadMotion`: the pose/expression parameters produced by MappingNet.
 - :func:`transform_keypoints`: canonical keypoints + HeadMotion -> posed keypoints, with the
   reference's exact quirks (3.14 for pi, only t[y] applied), and optional free-view angles.
 """
@@ -17,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hparams import CommonParams, HEEstimatorParams, KPDetectorParams
-from .layers import AntiAliasDownsample, KPHourglass, ResBottleneck, make_coordinate_grid
+from .hparams import CommonParams, KPDetectorParams
+from .layers import AntiAliasDownsample, KPHourglass, make_coordinate_grid
 
 #: the reference converts degrees to radians with 3.14, not pi; keypoints move ~1e-3 otherwise
 PI_AS_IN_REFERENCE = 3.14
@@ -81,64 +79,6 @@ class KPDetector(nn.Module):
         heat = self.heatmaps(x)
         grid = make_coordinate_grid(heat.shape[2:], heat.dtype, heat.device)
         return (heat.unsqueeze(-1) * grid[None, None]).sum(dim=(2, 3, 4))
-
-
-class HEEstimator(nn.Module):
-    """Head pose / expression estimator (ResNet-style bottleneck net, widths 256…2048 officially).
-
-    x: Bx3xHxW in [0,1] -> HeadMotion (bins Bx66, t Bx3, exp Bx45).
-
-    Reference quirk kept on purpose: the returned ``yaw`` comes from the layer named ``fc_roll``
-    and ``roll`` from ``fc_yaw``.
-    """
-
-    def __init__(self, params: HEEstimatorParams = HEEstimatorParams(), common: CommonParams = CommonParams()) -> None:
-        super().__init__()
-        chans, reps = params.stage_channels, params.stage_blocks
-        if len(chans) != len(reps):
-            raise ValueError("HEEstimator: stage_channels and stage_blocks must have the same length")
-        self.conv1 = nn.Conv2d(common.image_channel, params.block_expansion, 7, padding=3, stride=2)
-        self.norm1 = nn.BatchNorm2d(params.block_expansion)
-        # official names: stage s projects with conv{s+2}/norm{s+2}; stages after the first open
-        # with a stride-2 bottleneck block{2s}; the stride-1 repeats are block{2s+1}.b{2s+1}_{j}
-        self._stages: list[tuple[str, str, str | None, str]] = []
-        cin = params.block_expansion
-        for s, (c, n) in enumerate(zip(chans, reps)):
-            conv, norm = f"conv{s + 2}", f"norm{s + 2}"
-            setattr(self, conv, nn.Conv2d(cin, c, 1))
-            setattr(self, norm, nn.BatchNorm2d(c))
-            strided = None
-            if s > 0:
-                strided = f"block{2 * s}"
-                setattr(self, strided, ResBottleneck(c, stride=2))
-            repeats = nn.Sequential()
-            for j in range(n):
-                repeats.add_module(f"b{2 * s + 1}_{j}", ResBottleneck(c, stride=1))
-            setattr(self, f"block{2 * s + 1}", repeats)
-            self._stages.append((conv, norm, strided, f"block{2 * s + 1}"))
-            cin = c
-        self.fc_roll = nn.Linear(cin, params.num_bins)
-        self.fc_pitch = nn.Linear(cin, params.num_bins)
-        self.fc_yaw = nn.Linear(cin, params.num_bins)
-        self.fc_t = nn.Linear(cin, 3)
-        self.fc_exp = nn.Linear(cin, 3 * common.num_kp)
-
-    def forward(self, x: torch.Tensor) -> HeadMotion:
-        """x: Bx3xHxW in [0,1] -> HeadMotion."""
-        out = F.max_pool2d(F.relu(self.norm1(self.conv1(x))), 3, stride=2, padding=1)
-        for conv, norm, strided, repeats in self._stages:
-            out = F.relu(getattr(self, norm)(getattr(self, conv)(out)))
-            if strided is not None:
-                out = getattr(self, strided)(out)
-            out = getattr(self, repeats)(out)
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return HeadMotion(
-            yaw=self.fc_roll(out),  # sic: reference swaps yaw and roll here
-            pitch=self.fc_pitch(out),
-            roll=self.fc_yaw(out),
-            t=self.fc_t(out),
-            exp=self.fc_exp(out),
-        )
 
 
 def bins_to_degrees(logits: torch.Tensor) -> torch.Tensor:

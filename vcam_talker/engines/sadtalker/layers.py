@@ -149,34 +149,6 @@ class ResBlock3d(nn.Module):
         return out + x
 
 
-class ResBottleneck(nn.Module):
-    """Post-activation bottleneck (1x1 -> 3x3 stride s -> 1x1, width C/4) with a strided
-    1x1-conv + BatchNorm shortcut when s != 1. BxCxHxW -> BxCx(H/s)x(W/s)."""
-
-    def __init__(self, channels: int, stride: int) -> None:
-        super().__init__()
-        mid = channels // 4
-        self.conv1 = nn.Conv2d(channels, mid, 1)
-        self.conv2 = nn.Conv2d(mid, mid, 3, padding=1, stride=stride)
-        self.conv3 = nn.Conv2d(mid, channels, 1)
-        self.norm1 = nn.BatchNorm2d(mid)
-        self.norm2 = nn.BatchNorm2d(mid)
-        self.norm3 = nn.BatchNorm2d(channels)
-        self.stride = stride
-        if stride != 1:
-            self.skip = nn.Conv2d(channels, channels, 1, stride=stride)
-            self.norm4 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: BxCxHxW -> BxCx(H/s)x(W/s)."""
-        out = F.relu(self.norm1(self.conv1(x)))
-        out = F.relu(self.norm2(self.conv2(out)))
-        out = self.norm3(self.conv3(out))
-        if self.stride != 1:
-            x = self.norm4(self.skip(x))
-        return F.relu(out + x)
-
-
 def _hourglass_width(block_expansion: int, max_features: int, level: int) -> int:
     return min(max_features, block_expansion * 2**level)
 

@@ -1,0 +1,72 @@
+"""The daemon's status: the dict served on /status and the one-line log summary."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from vcam_talker.latency import latency_parts
+
+if TYPE_CHECKING:
+    from vcam_talker.daemon import Daemon
+
+
+def status(d: Daemon) -> dict:
+    """Everything ``vcam-talker status`` shows, from one running daemon."""
+    now = time.monotonic()
+    s = d.stats.snapshot()
+    health = d.supervisor.view(now)
+    sinks = {name: h for name, h in health.items() if name not in ("input", "output")}
+    s.update({"delay_ms": round(d.delay.value * 1e3, 1),
+              "queue_depth": max(0, d.store.newest() - d.pacer.due_index()),
+              "uptime_s": round(now - d.started_at, 1), "engine": d.active.engine.name,
+              "avatar": str(d.cfg.avatar_path()), "reloads": d.reloads,
+              "reload_errors": d.reload_errors, "last_error": d.last_error,
+              "input": "demo" if d.demo else ("ok" if d.supervisor.up("input") else "down"),
+              "output": "none" if d.cfg.audio.output == "none" else
+              ("ok" if d.supervisor.up("output") else "down"),
+              # one word per sink ("ok" or why it is down), and the whole story per part
+              "sinks": {name: "ok" if h["state"] == "ok" else h["error"] for name, h in sinks.items()},
+              "health": health})
+    pb = d.audio.playback
+    if pb is not None and pb.current_delay == pb.current_delay:
+        s["audio_delay_ms"] = round(pb.current_delay * 1e3, 1)
+        s["av_offset_ms"] = round((pb.current_delay - d.audio_delay()) * 1e3, 1)
+        ps = pb.stats
+        s["playback"] = {"speed": round(ps.speed, 4), "inserted_frames": ps.inserted_frames,
+                         "removed_samples": ps.removed_samples, "underflows": ps.underflows,
+                         "lost_samples": ps.lost_samples, "resyncs": ps.resyncs}
+    parts = latency_parts(d.audio_delay(), d.windower.spec.after_s, d.ring.arrival_lag, d.delay.median_ready())
+    if parts is not None:  # the audio delay split up; the parts sum to the total
+        s["latency_ms"] = parts.as_ms()
+    end = d.ring.end
+    if end > 0:  # maps the sample indices frames carry to monotonic capture times
+        s["clock"] = {"sample": end - 1, "monotonic": d.ring.time_of(end - 1), "sample_rate": d.ring.sample_rate}
+    if d.audio.capture is not None:
+        cs = d.audio.capture.stats
+        s["capture"] = {k: getattr(cs, k) for k in ("nan_samples", "clipped_samples", "overflows")}
+    return s
+
+
+def status_line(s: dict, output: str) -> str:
+    """One log line from :func:`status`; ``output`` is the configured audio output."""
+    av = f"{s['av_offset_ms']:+.1f} ms" if "av_offset_ms" in s else \
+        "n/a (no audio output yet)" if output != "none" else "n/a (no audio output)"
+    return (f"fps {s['fps']:.1f} | engine ms p50 {s['engine_ms_p50']:.1f} p95 {s['engine_ms_p95']:.1f} | "
+            f"queue {s['queue_depth']} | delay {s['delay_ms']:.0f} ms{_parts(s)} | A/V offset {av} | "
+            f"repeated {s['frames_repeated']} skipped {s['windows_skipped']}{_down(s)}")
+
+
+def _parts(s: dict) -> str:
+    lat = s.get("latency_ms")
+    if lat is None:
+        return ""
+    return (f" (audio {lat['total']:.0f} = capture {lat['capture']:.0f} + lookahead {lat['lookahead']:.0f}"
+            f" + compute {lat['compute']:.0f} + buffering {lat['buffering']:.0f})")
+
+
+def _down(s: dict) -> str:
+    """What is down, for how long, and when it is tried next; nothing when all is well."""
+    down = [f"{name} down {h['down_s']:.0f} s, retry in {h['next_retry_s']:.0f} s"
+            for name, h in s.get("health", {}).items() if h["state"] != "ok"]
+    return " | " + "; ".join(down) if down else ""

@@ -41,9 +41,6 @@ class LogMel:
         self.window = np.hanning(self.n_fft).astype(np.float32)
         self.basis, self.freqs = mel_filters(sample_rate, self.n_fft, n_mels, 60.0, min(7600.0, sample_rate / 2))
 
-    def frame_starts(self, n: int) -> np.ndarray:
-        return np.arange(0, max(n - self.n_fft, 0) + 1, self.hop)
-
     def __call__(self, x: np.ndarray, centers: np.ndarray) -> np.ndarray:
         """x: N float32 samples; centers: sample indices -> len(centers) x n_mels power in dB."""
         starts = np.clip(centers - self.n_fft // 2, 0, max(len(x) - self.n_fft, 0))

@@ -39,7 +39,7 @@ from .audio2exp import Audio2Exp
 from .audio2pose import Audio2Pose
 from .audio_hparams import AudioHParams
 from .checkpoint import load_strict, read_state_dict, split_prefix, training_only_prefixes
-from .face_recon import FaceReconNet
+from .face_recon import FaceReconNet, recon_input
 from .composite import Cover, Paste, display
 from .files import check_weights, combined_file, folder_hparams, is_full, mapping_file
 from .generator import OcclusionAwareSPADEGenerator
@@ -110,8 +110,6 @@ class SourceStage:
         """224×224×3 uint8 aligned crop -> 257 3DMM coefficients (float32)."""
         if self.face_recon is None:
             raise EngineError("sadtalker: this engine was built without the face reconstruction net")
-        from .face_recon import recon_input
-
         return self.face_recon(recon_input(image224).to(self.device))[0].float().cpu().numpy()
 
     def encode(self, source: torch.Tensor) -> dict[str, torch.Tensor]:

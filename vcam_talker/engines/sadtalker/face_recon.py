@@ -13,14 +13,11 @@ by :func:`recon_input`), no mean/std normalisation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
-
-from .checkpoint import load_strict, split_prefix
 
 #: widths of the seven heads, in concatenation order
 HEAD_SIZES = (80, 64, 80, 3, 27, 2, 1)
@@ -147,17 +144,3 @@ def coeff_3dmm_row(coeffs: np.ndarray | torch.Tensor, trans_params: np.ndarray) 
     parts = split_coeffs(c)
     crop = np.broadcast_to(np.asarray(trans_params, dtype=np.float32)[2:5], (c.shape[0], 3))
     return np.concatenate([parts["exp"], parts["angle"], parts["trans"], crop], axis=1).astype(np.float32)
-
-
-def load_face_recon(
-    state: Mapping[str, torch.Tensor], *, source: str, prefix: str = "face_3drecon.", **widths: Any
-) -> FaceReconNet:
-    """Build :class:`FaceReconNet` (``widths`` go to its constructor) and fill it strictly from the
-    ``prefix`` part of a combined state dict. Returns the net in eval mode.
-
-    For the old ``epoch_20.pth`` file, read it with ``read_state_dict(path, entry='net_recon')``
-    and pass ``prefix=''``.
-    """
-    net = FaceReconNet(**widths)
-    load_strict(net, split_prefix(state, prefix), source=f"{source}:{prefix}")
-    return net.eval()

@@ -143,13 +143,6 @@ def flip_landmarks_y(lm68: np.ndarray, height: int) -> np.ndarray:
     return out
 
 
-def mean_face_landmarks(lm3d_std: np.ndarray, width: int, height: int) -> np.ndarray:
-    """The reference's fallback when no face is found: the standard points' x, y mapped to the
-    image as ((v + 1) / 2) · size (not y-flipped). lm3d_std: K×3 -> K×2."""
-    lm = (np.asarray(lm3d_std)[:, :2] + 1) / 2.0
-    return np.concatenate([lm[:, :1] * width, lm[:, 1:2] * height], 1)
-
-
 def five_points(lm68: np.ndarray) -> np.ndarray:
     """68 landmarks -> 5×2: eye centres (mean of 36,39 and 42,45), nose tip 30, mouth corners 48, 54."""
     lm = np.asarray(lm68)

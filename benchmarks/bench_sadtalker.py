@@ -1,289 +1,358 @@
-"""SadTalker engine speed: weight load, avatar prepare, per-frame render (ms, fps).
+"""SadTalker per-frame speed (issue 10): one table, one run.
 
-    .venv/bin/python benchmarks/bench_sadtalker.py [--quick] [--frames N] [--json PATH]
-        [--half] [--compile] [--sizes 256,512] [--faces FILE.npz | --record-faces FILE.npz]
+    .venv/bin/python benchmarks/bench_sadtalker.py [--frames N] [--sizes 256,512] [--batch 4]
+        [--compile-cpu] [--json PATH]
 
-Official widths with random weights (written in the official file layout and read back
-through the engine's loader), on whatever device ``engine.sadtalker.device: auto`` picks,
-float32; plus the reduced-width parity fixture (../shared/fixtures/sadtalker_parity).
---quick: size 256 only, 3 frames. --half adds float16 rows measured in the same run
-(CUDA only). A GPU host without dlib can replay the default avatar's detected faces
-recorded here with --record-faces: detection is not what this benchmark measures.
+Rows, per face size (official widths, torch's default init: speed does not depend on the
+weights), each with per-stage ms/frame and fps:
+
+- ``baseline``: plain per-frame float32, written out here as its own simple path over the
+  same networks: batch 1, no precompute reuse (the source is encoded every frame, the
+  coefficient rows are recomputed every frame), no compile, every stage's output copied to
+  the host and back;
+- ``engine``: the production path (cached source volume and coefficient rows, uint8 on the
+  device, one host copy), batch 1, float32, eager; then each switch alone on top of it:
+  ``batch N`` (catch-up), ``channels_last``, ``bfloat16``, ``float16``, ``tf32``, ``compile``
+  and ``compile reduce-overhead``; and ``all``: every switch that runs on this device.
+  Rows that need CUDA print "not measured (no CUDA)". CPU compile (inductor builds C++ for
+  minutes) runs only with --compile-cpu.
+
+Then the half-precision deviations from float32 (pixels, 0..255): the generator at official
+widths with the weights of ../shared/fixtures/sadtalker (the weight rule) on its inputs, and
+the reduced-width generator of ../shared/fixtures/sadtalker_long on every generator frame of
+its clips. $OUT set (benchmarks/gpu_check.sh): the JSON goes there too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
-import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
-
-import wave
 
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import report  # noqa: E402
+from benchmarks._common import RESULTS, machine  # noqa: E402
 from vcam_talker import config as C  # noqa: E402
+from vcam_talker.avatar import PreparedAvatar  # noqa: E402
+from vcam_talker.engines.sadtalker.accel import resolve_precision, use_channels_last  # noqa: E402
 from vcam_talker.engines.sadtalker.audio2exp import Audio2Exp  # noqa: E402
 from vcam_talker.engines.sadtalker.audio2pose import Audio2Pose  # noqa: E402
 from vcam_talker.engines.sadtalker.audio_hparams import AudioHParams  # noqa: E402
+from vcam_talker.engines.sadtalker.batch import to_uint8  # noqa: E402
 from vcam_talker.engines.sadtalker.engine import (  # noqa: E402
-    SadTalkerEngine,
-    WeightLayout,
-    load_stages,
-    resolve_device,
-)
-from vcam_talker.engines.sadtalker.face_recon import FaceReconNet  # noqa: E402
+    AudioStage, FrameStage, MotionStage, SadTalkerEngine, SourceStage, Stages)
 from vcam_talker.engines.sadtalker.generator import OcclusionAwareSPADEGenerator  # noqa: E402
-from vcam_talker.engines.sadtalker.hparams import SadTalkerHParams  # noqa: E402
-from vcam_talker.engines.sadtalker.keypoints import KPDetector  # noqa: E402
+from vcam_talker.engines.sadtalker.hparams import RenderHParams, SadTalkerHParams  # noqa: E402
+from vcam_talker.engines.sadtalker.keypoints import HeadMotion, KPDetector, transform_keypoints  # noqa: E402
 from vcam_talker.engines.sadtalker.mapping import MappingNet  # noqa: E402
+from vcam_talker.engines.sadtalker.presets import coeff_frame  # noqa: E402
+from vcam_talker.engines.sadtalker.audio2pose import SEMANTIC_RADIUS  # noqa: E402
 from vcam_talker.stream.windows import ArrayAudio, Windower  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# the checkout's ../shared, or shared/ inside the tree (a copied working tree)
+FIXTURES = next((d for d in (ROOT.parent / "shared" / "fixtures", ROOT / "shared" / "fixtures") if d.is_dir()),
+                ROOT.parent / "shared" / "fixtures")
 DEMO = ROOT / "vcam_talker" / "data" / "demo_speech.wav"
-PARITY = ROOT.parent / "shared" / "fixtures" / "sadtalker_parity"
+PARTS = ("timeline", "mapping+keypoints", "generator", "to host", "paste-back")
+CUDA_ONLY = {"float16", "tf32", "compile reduce-overhead"}
 
 
-def replay_faces(path: Path) -> None:
-    """Use faces recorded by --record-faces instead of running a detector (GPU hosts
-    without dlib)."""
-    from vcam_talker.avatar import landmarks, prepare
-    from vcam_talker.avatar.landmarks import Face
-
-    rec = np.load(path)
-
-    class Replayed:
-        method = "replay"
-
-        def __init__(self, *a, **kw):
-            pass
-
-        def detect(self, rgb, upsample=1):
-            assert rgb.shape == tuple(rec["shape"]), "recorded faces belong to another image"
-            return [Face(tuple(b), float(sc), lm) for b, sc, lm in zip(rec["boxes"], rec["scores"], rec["landmarks"])]
-
-    landmarks.LandmarkDetector = prepare.LandmarkDetector = Replayed
-
-
-def record_faces(path: Path) -> None:
-    from PIL import Image
-
-    from vcam_talker.avatar.landmarks import LandmarkDetector
-
-    rgb = np.asarray(Image.open(C.DEFAULT_AVATAR).convert("RGB"))
-    faces = LandmarkDetector("dlib").detect(rgb)
-    np.savez(path, shape=np.array(rgb.shape), boxes=np.array([f.box for f in faces]),
-             scores=np.array([f.score for f in faces]), landmarks=np.array([f.landmarks for f in faces]))
-    print(f"recorded {len(faces)} faces of {C.DEFAULT_AVATAR} to {path}")
-
-
-def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
-        assert w.getframerate() == 16000 and w.getsampwidth() == 2 and w.getnchannels() == 1
-        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
-
-
-def write_random_weights(directory: Path, size: int = 256) -> WeightLayout:
-    """Official-width modules with torch's default init, saved as the official files."""
-    torch.manual_seed(0)
-    state = {}
-    for prefix, module in (("kp_extractor.", KPDetector()), ("generator.", OcclusionAwareSPADEGenerator()),
-                           ("audio2exp.", Audio2Exp()), ("audio2pose.", Audio2Pose()),
-                           ("face_3drecon.", FaceReconNet())):
-        sd = module.state_dict()
-        for k, v in sd.items():
-            if k.endswith("running_var"):
-                v = v.uniform_(0.75, 1.25)
-            state[prefix + k] = v.contiguous()
-    combined = directory / f"SadTalker_V0.0.2_{size}.safetensors"
-    save_file(state, str(combined))
-    mapping = directory / "mapping_00229-model.pth.tar"
-    torch.save({"mapping": MappingNet().state_dict()}, mapping)
-    return WeightLayout(combined, mapping)
-
-
-def config(**st) -> C.Config:
-    d = C.to_dict(C.Config())
-    d["engine"]["name"] = "sadtalker"
-    d["engine"]["sadtalker"].update(st)
-    return C.from_dict(d)
-
-
-STAGES = ("audio2exp", "audio2pose", "mapping", "keypoint transform", "generator", "paste-back")
-
-
-class _Timed:
-    """Wraps a callable; adds its wall time (after a device sync) to ``acc[name]``."""
-
-    def __init__(self, fn, name: str, acc: dict, sync) -> None:
-        self.fn, self.name, self.acc, self.sync = fn, name, acc, sync
-
-    def __call__(self, *a, **kw):
-        t = time.perf_counter()
-        out = self.fn(*a, **kw)
-        self.sync()
-        self.acc[self.name] += time.perf_counter() - t
-        return out
-
-    def __getattr__(self, name):
-        return getattr(self.fn, name)
-
-
-def time_render(engine: SadTalkerEngine, av, audio: np.ndarray, frames: int, first: int = 25) -> dict:
-    """Pass 1 times whole render() calls (frames first+1 .. first+frames, after one warm-up).
-    Pass 2 renders the same frames again with each stage wrapped (a device sync after
-    each), for the split; the mel windows and the rest are what the stages leave over."""
-    spec = engine.window_spec
-    win = Windower(ArrayAudio(audio, spec.sample_rate), spec, engine.config.video.fps)
-    sync = (lambda: _sync(engine))
-    acc = dict.fromkeys(STAGES + ("motion",), 0.0)
-
-    def run() -> list[float]:
-        engine.reset()
-        engine.render(win.window(first), av)  # warm-up (the first ingest fills the lookahead)
-        acc.update(dict.fromkeys(acc, 0.0))
-        times = []
-        for i in range(first + 1, first + 1 + frames):
-            t0 = time.perf_counter()
-            engine.render(win.window(i), av)
-            sync()
-            times.append(time.perf_counter() - t0)
-        return times
-
-    total = run()
-    st, audio_stage = engine.stages, engine.stages.audio
-    saved = (st.motion, st.frame, dict(vars(audio_stage)), engine.compose)
-    for attr, name in (("exp_embed", "audio2exp"), ("exp_head", "audio2exp"), ("pose_embed", "audio2pose"),
-                       ("pose_decode", "audio2pose")):
-        setattr(audio_stage, attr, _Timed(getattr(audio_stage, attr), name, acc, sync))
-    motion = st.motion
-    motion.mapping = _Timed(motion.mapping, "mapping", acc, sync)
-    st.motion = _Timed(motion, "motion", acc, sync)
-    st.frame = _Timed(st.frame, "generator", acc, sync)
-    engine.compose = _Timed(engine.compose, "paste-back", acc, sync)
-    try:
-        split_total = sum(run())
-    finally:
-        motion.mapping = motion.mapping.fn
-        st.motion, st.frame = saved[0], saved[1]
-        vars(audio_stage).clear()
-        vars(audio_stage).update(saved[2])
-        del engine.compose
-    acc["keypoint transform"] = acc.pop("motion") - acc["mapping"]
-    acc["mel windows and the rest"] = split_total - sum(acc.values())
-    out = {"ms_p50": 1e3 * statistics.median(total), "fps": 1.0 / statistics.mean(total)}
-    out.update({f"{k}_ms": 1e3 * v / frames for k, v in acc.items()})
-    return out
-
-
-def _sync(engine: SadTalkerEngine) -> None:
-    if engine.stages.device.type == "cuda":
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def bench_full(size: int, frames: int, audio: np.ndarray, tmp: Path, device: torch.device,
-               half: bool = False, compile: bool = False) -> tuple[list, dict]:
-    label = f"{size} {'fp16' if half else 'fp32'}{' compiled' if compile else ''}"
-    t = time.perf_counter()
-    layout = write_random_weights(tmp, size)
-    t_write = time.perf_counter() - t
-    t = time.perf_counter()
-    stages = load_stages(layout, device=device, half=half, compile=compile)
-    t_load = time.perf_counter() - t
-    engine = SadTalkerEngine(config(preprocess="crop", device=device.type, size=size, half=half, compile=compile),
-                             stages=stages)
-    t = time.perf_counter()
-    av = engine.prepare(C.DEFAULT_AVATAR)
-    t_prep = time.perf_counter() - t
-    r = time_render(engine, av, audio, frames)
-    rows = [
-        (f"official widths {label}: write random weights", t_write, "s"),
-        (f"official widths {label}: load checkpoints", t_load, "s"),
-        (f"official widths {label}: prepare avatar (cold)", t_prep, "s"),
-        (f"official widths {label}: render p50", r["ms_p50"], "ms"),
-        (f"official widths {label}: render", r["fps"], "fps"),
-    ] + [(f"official widths {label}: {k}", r[f"{k}_ms"], "ms/frame")
-         for k in STAGES + ("mel windows and the rest",)] + [
-        (f"official widths {label}: real-time factor at 25 fps", r["fps"] / 25, "x"),
-    ]
-    engine.close()
-    return rows, r
+def build(size: int, device: torch.device, variant: set[str]) -> Stages:
+    """Official-width stages in memory; the variant's switches applied as the engine's loader does."""
+    torch.manual_seed(0)
+    hp, ahp = RenderHParams(), AudioHParams()
+    dtype = resolve_precision(next((p for p in ("bfloat16", "float16", "tf32") if p in variant), "float32"), device)
+    kp, gen, mapping = KPDetector(hp.kp_detector, hp.common), OcclusionAwareSPADEGenerator(hp.generator, hp.common), MappingNet(hp.mapping_full)
+    a2e, a2p = Audio2Exp(ahp.audio2exp), Audio2Pose(ahp.audio2pose)
+    for m in (kp, mapping, a2e, a2p):
+        m.eval().to(device)
+    gen.eval().to(device=device, dtype=dtype)
+    if "channels_last" in variant:
+        use_channels_last(gen)
+    mode = "reduce-overhead" if "compile reduce-overhead" in variant else ("default" if "compile" in variant else False)
+    return Stages(audio=AudioStage(a2e, a2p, device), source=SourceStage(kp, gen, None, device, dtype),
+                  motion=MotionStage(mapping, device), frame=FrameStage(gen, dtype, mode), render_hp=hp,
+                  audio_hp=ahp, full=True, device=device, dtype=dtype)
 
 
-def bench_fixture(frames: int, audio: np.ndarray, device: torch.device) -> list:
-    doc = yaml.safe_load((PARITY / "config.yaml").read_text())
-    w = PARITY / "weights.safetensors"
-    stages = load_stages(WeightLayout(w, w, mapping_entry=None, mapping_prefix="mapping.", face_recon=False),
-                         SadTalkerHParams.from_yaml_dict(doc).render, AudioHParams.from_yaml_dict(doc), device=device)
-    inputs = np.load(PARITY / "inputs.npz")
-    engine = SadTalkerEngine(config(device=device.type), stages=stages)
-    # a prepared avatar from the fixture's source (no face_3drecon in the reduced weights)
-    from vcam_talker.avatar import PreparedAvatar
-    from vcam_talker.engines.sadtalker.timeline import SourceCoeffs
-
+def avatar(stages: Stages, size: int) -> tuple[PreparedAvatar, torch.Tensor]:
+    """A prepared avatar from a synthetic source image ('full' mode: pasted into a 512² photo)."""
+    g = torch.Generator().manual_seed(1)
+    src = torch.rand(1, 3, size, size, generator=g)
+    coeff = np.concatenate([np.zeros(64), [0.1, -0.05, 0.02, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]).astype(np.float32)
     with torch.inference_mode():
-        enc = stages.source.encode(torch.from_numpy(inputs["source_image"]))
-        src = SourceCoeffs.from_row(inputs["source_coeff_3dmm"][0], False)
-        kp_s = stages.motion(torch.from_numpy(src.source_window())[None], enc["kp_canonical"])
-    data = {k: v[0].cpu().numpy() for k, v in enc.items()}
-    data.update(coeff=inputs["source_coeff_3dmm"][0], kp_source=kp_s[0].cpu().numpy(),
-                box=np.array([0.0, 0.0, 256.0, 256.0]), framing=np.array([[2.0, 0, 0], [0, 2.0, 0]]),
-                paste_box=np.array([0, 0, 512, 512]))
-    img = np.zeros((512, 512, 3), np.uint8)
-    av = PreparedAvatar(image=img, landmarks=np.zeros((68, 2), np.float32), face_box=(0, 0, 1, 1),
+        enc = stages.source.encode(src)
+        win = np.repeat(coeff[:, None], 2 * SEMANTIC_RADIUS + 1, 1)[None]
+        kp_s = stages.motion(torch.from_numpy(win), enc["kp_canonical"])
+    data = {k: v[0].float().cpu().numpy() for k, v in enc.items()}
+    data.update(coeff=coeff, kp_source=kp_s[0].cpu().numpy(), box=np.array([128.0, 96.0, 384.0, 352.0]),
+                framing=np.array([[1.0, 0, 0], [0, 1.0, 0]]))
+    img = np.random.default_rng(2).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    av = PreparedAvatar(image=img, landmarks=np.zeros((68, 2), np.float32), face_box=(128, 96, 384, 352),
                         engine="sadtalker", sha256="", data=data)
-    r = time_render(engine, av, audio, frames)
-    return [("reduced fixture widths 256: render p50", r["ms_p50"], "ms"),
-            ("reduced fixture widths 256: render", r["fps"], "fps"),
-            ("reduced fixture widths 256: generator", r["generator_ms"], "ms")]
+    return av, src
+
+
+def engine_for(stages: Stages, size: int) -> SadTalkerEngine:
+    d = C.to_dict(C.Config())
+    d["engine"]["name"] = "sadtalker"
+    d["engine"]["sadtalker"].update(size=size, preprocess="full", warmup_frames=0)
+    return SadTalkerEngine(C.from_dict(d), stages=stages)
+
+
+def timer(device: torch.device):
+    """Wall time on CUDA; on a CPU the process's CPU time (all threads), which a machine
+    shared with other work does not inflate the way it inflates wall time."""
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
+class Clock:
+    def __init__(self, device):
+        self.device, self.acc, self.now = device, dict.fromkeys(PARTS, 0.0), timer(device)
+
+    def __call__(self, part: str, t0: float) -> float:
+        sync(self.device)
+        t = self.now()
+        self.acc[part] += t - t0
+        return t
+
+
+def uncached_window(engine: SadTalkerEngine, window, source) -> np.ndarray:
+    """The timeline's window with every row recomputed (what window() did before its row cache)."""
+    tl = engine.timeline
+    centre = int(round(window.t * window.sample_rate))
+    tl.set_source(source)
+    tl.ingest(window.samples, centre - engine.window_spec.before, window.end)
+    k = tl.clip_frame(coeff_frame(window.t))
+    top = min(tl.frames_ready - 1, k + tl.p.lookahead)
+    rows = np.maximum(np.clip(np.arange(k - SEMANTIC_RADIUS, k + SEMANTIC_RADIUS + 1), 0, top), tl._base)
+    return np.ascontiguousarray(tl.coefficients(rows, source, np.maximum(rows - tl.p.pose_delay, 0)).T)
+
+
+def baseline_frame(engine: SadTalkerEngine, window, av, src: torch.Tensor, clk: Clock) -> np.ndarray:
+    """Plain per-frame float32: everything recomputed, a host round trip after every stage."""
+    s, dev, ctx = engine.stages, engine.stages.device, engine.context(av)
+    t = clk.now()
+    semantic = uncached_window(engine, window, ctx.coeffs)
+    t = clk("timeline", t)
+    with torch.inference_mode():
+        kp_c = s.source.kp_detector(src.to(dev)).cpu()  # no precompute reuse
+        m = s.motion.mapping(torch.from_numpy(semantic)[None].to(dev))
+        m = HeadMotion(**{f.name: getattr(m, f.name).cpu().to(dev) for f in fields(m)})
+        kp_d = transform_keypoints(kp_c.to(dev), m).cpu()
+        t = clk("mapping+keypoints", t)
+        pred = s.source.generator(src.to(dev), ctx.kp_source.to(dev), kp_d.to(dev))["prediction"].cpu()
+        t = clk("generator", t)
+    face = (pred[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    t = clk("to host", t)
+    out = engine.compose(face, ctx)
+    clk("paste-back", t)
+    return out
+
+
+def engine_frames(engine: SadTalkerEngine, windows: list, av, clk: Clock) -> list[np.ndarray]:
+    """render_batch's steps (batch.render_batch), timed part by part."""
+    s, ctx = engine.stages, engine.context(av)
+    t = clk.now()
+    sem = np.stack([engine.coefficient_window(w, ctx.coeffs)[1] for w in windows])
+    t = clk("timeline", t)
+    with torch.inference_mode():
+        kp_d = s.motion(torch.from_numpy(sem), ctx.kp_canonical)
+        t = clk("mapping+keypoints", t)
+        pred = s.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_d)["prediction"]
+        t = clk("generator", t)
+    faces = to_uint8(pred)
+    t = clk("to host", t)
+    out = [engine.compose(f, ctx) for f in faces]
+    clk("paste-back", t)
+    return out
+
+
+def time_variant(size: int, device: torch.device, variant: set[str], frames: int, batch: int, audio) -> dict:
+    stages = build(size, device, variant)
+    engine = engine_for(stages, size)
+    av, src = avatar(stages, size)
+    win = Windower(ArrayAudio(audio, 16000), engine.window_spec, 25)
+    n = batch if "batch" in variant else 1
+    first = 30
+    clk = Clock(device)
+    calls = max(1, frames // n)
+    warm = 1 if device.type == "cpu" and not variant & {"compile", "compile reduce-overhead"} else 3
+    times, walls = [], []
+    for rep in range(warm + calls):  # warm-up: stream start; compile, CUDA graphs, autotuning
+        if rep == warm:
+            clk.acc = dict.fromkeys(PARTS, 0.0)
+        idx = list(range(first + rep * n, first + (rep + 1) * n))
+        t0, w0 = clk.now(), time.perf_counter()
+        if variant == {"baseline"}:
+            baseline_frame(engine, win.window(idx[0]), av, src, clk)
+        else:
+            engine_frames(engine, [win.window(i) for i in idx], av, clk)
+        if rep >= warm:
+            times.append((clk.now() - t0) / n)
+            walls.append((time.perf_counter() - w0) / n)
+    done = calls * n
+    out = {f"{p} ms": 1e3 * v / done for p, v in clk.acc.items()}
+    out.update({"ms/frame": 1e3 * statistics.median(times), "fps": 1.0 / statistics.mean(walls), "frames": done})
+    engine.close()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# half precision: deviation from float32 on the fixtures' weights
+# --------------------------------------------------------------------------------------------
+
+
+def _generator(folder: Path, rule: bool) -> OcclusionAwareSPADEGenerator:
+    hp = SadTalkerHParams.from_yaml_dict(yaml.safe_load((folder / "config.yaml").read_text())).render
+    gen = OcclusionAwareSPADEGenerator(hp.generator, hp.common)
+    if rule:  # ../shared/fixtures/sadtalker ships no weights: its rule builds them from keys.json
+        from tests.sadtalker.weight_rule import rule_tensor
+
+        keys = json.loads((folder / "keys.json").read_text())
+        state = {k[len("generator."):]: torch.from_numpy(rule_tensor(k, v["shape"]))
+                 for k, v in keys.items() if k.startswith("generator.")}
+    else:
+        from safetensors.torch import load_file
+
+        state = {k[len("generator."):]: v for k, v in load_file(str(folder / "weights.safetensors")).items()
+                 if k.startswith("generator.")}
+    gen.load_state_dict(state, strict=True)
+    return gen.eval()
+
+
+def deviations(device: torch.device) -> list[tuple[str, str, str]]:
+    """(fixture, precision, 'max / mean' pixel diff from float32) rows."""
+    cases = []
+    full = FIXTURES / "sadtalker"
+    if full.is_dir():
+        i, o = np.load(full / "inputs.npz"), np.load(full / "outputs.npz")
+        cases.append(("sadtalker (official widths) 256²", full, True, i["source_image"], o["kp_source"], o["kp_driving"]))
+    for clip in ("clip_a", "clip_short"):
+        d = FIXTURES / "sadtalker_long" / clip
+        if d.is_dir():
+            i, o = np.load(d / "inputs.npz"), np.load(d / "outputs.npz")
+            kd = o["kp_driving"][i["generator_frames"]]
+            cases.append((f"sadtalker_long {clip} ({len(kd)} frames)", FIXTURES / "sadtalker_parity", False,
+                          i["source_image"], np.repeat(o["kp_source"][None], len(kd), 0), kd))
+    rows = []
+    for name, folder, rule, image, kp_s, kp_d in cases:
+        gen = _generator(folder, rule).to(device)
+        preds = {}
+        for prec in ("float32", "bfloat16", "float16"):
+            if prec == "float16" and device.type != "cuda":
+                rows.append((name, prec, "not measured (no CUDA)"))
+                continue
+            dt = getattr(torch, prec)
+            g = gen.to(dtype=dt)
+            ks, kd = (np.asarray(k).reshape(-1, *np.shape(k)[-2:]) for k in (kp_s, kp_d))
+            with torch.inference_mode():
+                feat = g.encode_source(torch.from_numpy(image).to(device, dt))
+                # keypoints float32, as FrameStage passes them
+                out = [g.forward_from_features(feat, torch.from_numpy(a[None]).to(device),
+                                               torch.from_numpy(b[None]).to(device))["prediction"].float().cpu()
+                       for a, b in zip(ks, kd)]
+            preds[prec] = torch.cat(out) * 255
+            if prec != "float32":
+                d = (preds[prec] - preds["float32"]).abs()
+                rows.append((name, prec, f"{d.max():.2f} / {d.mean():.3f}"))
+        del gen
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def variants(device: torch.device, batch: int, compile_cpu: bool) -> list[tuple[str, set[str]]]:
+    cuda = device.type == "cuda"
+    alone = [f"batch {batch}", "channels_last", "bfloat16", "float16", "tf32", "compile", "compile reduce-overhead"]
+    out = [("baseline", {"baseline"}), ("engine (float32, batch 1)", set())]
+    out += [(f"+ {name}", {"batch" if name.startswith("batch") else name}) for name in alone]
+    every = {"batch", "channels_last", "float16" if cuda else "bfloat16"} | ({"compile reduce-overhead"} if cuda else set())
+    if compile_cpu and not cuda:
+        every.add("compile")
+    out.append(("all: " + ", ".join(sorted(every)), every))
+    return out
+
+
+def runnable(v: set[str], device: torch.device, compile_cpu: bool) -> str | None:
+    if device.type != "cuda" and v & CUDA_ONLY:
+        return "not measured (no CUDA)"
+    if device.type != "cuda" and "compile" in v and not compile_cpu:
+        return "not measured (CPU inductor build: --compile-cpu)"
+    return None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, help="where to write results (default benchmarks/results/)")
-    ap.add_argument("--frames", type=int, default=None, help="frames timed per variant")
-    ap.add_argument("--quick", action="store_true", help="3 frames, fewer variants")
-    ap.add_argument("--sizes", default="256", help="comma-separated render sizes (256, 512)")
-    ap.add_argument("--half", action="store_true", help="also time float16 (CUDA only), side by side")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd generators, side by side")
-    ap.add_argument("--faces", type=Path, help="replay faces recorded with --record-faces (no dlib needed)")
-    ap.add_argument("--record-faces", type=Path, help="detect the default avatar's faces, save them, exit")
+    ap.add_argument("--frames", type=int, default=4, help="frames timed per row (after warm-up)")
+    ap.add_argument("--sizes", default="256,512")
+    ap.add_argument("--batch", type=int, default=4, help="catch-up batch size")
+    ap.add_argument("--compile-cpu", action="store_true", help="also time torch.compile on a CPU")
+    ap.add_argument("--skip-deviations", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated words, each optionally SIZE:word: time only "
+                    "the rows whose name has one (e.g. 512:baseline,512:engine)")
+    ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    if args.record_faces:
-        record_faces(args.record_faces)
-        return
-    if args.faces:
-        replay_faces(args.faces)
-    frames = args.frames or (3 if args.quick else 10)
-    device = resolve_device("auto")
-    audio = np.tile(read_wav(DEMO), 3)
-    rows: list = []
-    sizes = [256] if args.quick else [int(v) for v in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["VCAM_TALKER_CACHE"] = str(Path(tmp) / "cache")
-        for size in sizes:
-            variants = [(h, c) for h in ([False, True] if args.half and device.type == "cuda" else [False])
-                        for c in ([False, True] if args.compile else [False])]
-            for half, compiled in variants:
-                d = Path(tmp) / f"w{size}{int(half)}{int(compiled)}"
-                d.mkdir()
-                full_rows, _ = bench_full(size, frames, audio, d, device, half, compiled)
-                rows += full_rows
-                for f in d.iterdir():  # 725 MB each: do not keep them around
-                    f.unlink()
-        if PARITY.is_dir():
-            rows += bench_fixture(max(frames, 10), audio, device)
-    extra = {"device": str(device), "torch_threads": torch.get_num_threads(), "frames": frames,
-             "quick": args.quick, "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
-    report("bench_sadtalker", rows, extra=extra, out=args.json)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import soundfile as sf
+
+    audio, _ = sf.read(DEMO, dtype="float32")
+    audio = np.tile(audio, 3)
+    results: dict = {}
+    print(f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per frame: "
+          f"{'wall' if device.type == 'cuda' else 'CPU time of all threads'}; fps: wall clock")
+    head = f"{'size':>4}  {'variant':<44} {'fps':>7} {'ms/frame':>9} " + " ".join(f"{p:>17}" for p in PARTS)
+    print(head)
+    for size in (int(s) for s in args.sizes.split(",")):
+        for name, v in variants(device, args.batch, args.compile_cpu):
+            why = runnable(v, device, args.compile_cpu)
+            words = [w.split(":")[-1] for w in args.only.split(",") if w and (":" not in w or w.startswith(f"{size}:"))]
+            if not why and words and not any(w in name for w in words):
+                why = "not measured in this run (--only)"
+            if why:
+                print(f"{size:>4}  {name:<44} {why}")
+                results[f"{size} {name}"] = why
+                continue
+            try:
+                r = time_variant(size, device, v, args.frames, args.batch, audio)
+            except Exception as exc:  # a switch that fails here is a result too
+                why = f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+                print(f"{size:>4}  {name:<44} {why}")
+                results[f"{size} {name}"] = why
+                continue
+            results[f"{size} {name}"] = r
+            print(f"{size:>4}  {name:<44} {r['fps']:>7.2f} {r['ms/frame']:>9.1f} "
+                  + " ".join(f"{r[p + ' ms']:>17.1f}" for p in PARTS), flush=True)
+    if not args.skip_deviations:
+        print("\nhalf precision vs float32 (generator; pixel diff 0..255, max / mean):")
+        for name, prec, val in deviations(device):
+            print(f"  {name:<42} {prec:<9} {val}")
+            results[f"deviation {name} {prec}"] = val
+    data = {"benchmark": "bench_sadtalker", "machine": machine(), "device": str(device),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "frames": args.frames, "results": results}
+    outs = [args.json or RESULTS / "bench_sadtalker.json"]
+    if os.environ.get("OUT"):
+        outs.append(Path(os.environ["OUT"]) / "bench_sadtalker.json")
+    for out in outs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

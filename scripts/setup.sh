@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything vcam-talker needs on Debian/Ubuntu into ./.venv:
 #   Debian packages (pulseaudio, pipewire + wireplumber + pipewire-pulse (the tests run
-#   against both servers), libportaudio2, ffmpeg, espeak-ng) when root or with sudo,
+#   against both servers), libportaudio2, ffmpeg, espeak-ng, chromium + chromium-driver
+#   for the browser tests) when root or with sudo,
 #   torch 2.13.0 first (a looser spec would pull a multi-GB CUDA build), then the project.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(pulseaudio pulseaudio-utils pipewire wireplumber pipewire-pulse dbus libportaudio2 ffmpeg espeak-ng)
+# chromium + chromium-driver: the control page's browser tests (selenium drives Debian's
+# chromedriver, so nothing is downloaded at test time)
+apt_pkgs=(pulseaudio pulseaudio-utils pipewire wireplumber pipewire-pulse dbus libportaudio2 ffmpeg espeak-ng
+          chromium chromium-driver)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -52,3 +52,30 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "cache"
     monkeypatch.setenv("VCAM_TALKER_CACHE", str(d))
     return d
+
+
+# ---- a busy machine: `pytest --load N` runs N CPU-bound processes beside the tests ----
+
+def pytest_addoption(parser):
+    parser.addoption("--load", type=int, default=0, metavar="N",
+                     help="run N busy processes (one core each, at this process's nice level) during the session")
+
+
+_BUSY = "import numpy as np\nx = np.random.rand(256, 256)\nwhile True:\n    x = (x @ x) / 256.0\n"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def busy_load(request):
+    """What a meeting app does to the machine: takes whole cores. Numpy matmuls on one
+    thread each (OMP_NUM_THREADS=1), so N processes saturate N cores."""
+    import os
+    import subprocess
+    import sys
+
+    n = request.config.getoption("--load")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _BUSY], env=env) for _ in range(n)]
+    yield n
+    for p in procs:
+        p.kill()
+        p.wait()

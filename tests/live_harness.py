@@ -193,7 +193,7 @@ def _quarter_shifts(x: np.ndarray) -> list[tuple[float, np.ndarray]]:
 
 
 def chunk_alignment(src: np.ndarray, mic: np.ndarray, lag0: int, rate: int = RATE, chunk_s: float = 0.04,
-                    search_s: float = 0.03, track_s: float = 0.002,
+                    search_s: float = 0.03, track_s: float = 0.002, pause_search_s: float = 0.3,
                     loud_ratio: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Follows ``src`` through ``mic`` (src delayed by about ``lag0`` samples, possibly
     resampled by a few percent), one loud chunk at a time.
@@ -203,7 +203,10 @@ def chunk_alignment(src: np.ndarray, mic: np.ndarray, lag0: int, rate: int = RAT
     of its neighbour's lag, as a stretch of at most 1.5 % moves it 0.6 ms per 40 ms; so
     the lag cannot jump a pitch period on voiced sound, and a block dropped or repeated
     inside speech leaves the chunks after it without a match. Any other chunk is searched
-    within ``search_s``: silence may legitimately be spliced in or out there.
+    within ``search_s``: silence may legitimately be spliced in or out there; one after a
+    pause of 120 ms or more within ``pause_search_s``, as the delay itself moves in pauses
+    (the playback changes it only with 60 ms of silence ahead and 30 ms margins either side,
+    see DelayedPlayback.in_pause).
 
     The playback's resampler delays by fractions of a sample, and on a fricative (mostly
     energy at 4-8 kHz) half a sample alone takes an exact copy's correlation at whole-sample
@@ -218,13 +221,18 @@ def chunk_alignment(src: np.ndarray, mic: np.ndarray, lag0: int, rate: int = RAT
     sub = int(0.01 * rate)
     peaks = np.abs(src[: len(src) // sub * sub]).reshape(-1, sub).max(1)
     silent_sub = peaks < 10 ** (-45 / 20)
+    pause_subs = 12
     shifted = _quarter_shifts(mic)
     idx, lags, corrs = [], [], []
     prev_i, prev_lag = -2, lag0
     for i in loud:
         a = src[i * n:(i + 1) * n]
         joined = i == prev_i + 1 and not silent_sub[(i - 1) * n // sub:(i + 1) * n // sub].any()
-        w = int((track_s if joined else search_s) * rate)
+        # after a real pause (120 ms of silence) the playback may have changed the delay by
+        # any amount, spliced in that silence; within words only by a stretch or a drop
+        q0 = i * n // sub
+        paused = _longest_run(silent_sub[max(0, q0 - 2 * pause_subs):q0 + 1]) >= pause_subs  # onsets straddle subs
+        w = int((track_s if joined else pause_search_s if paused else search_s) * rate)
         b0 = i * n + prev_lag - w
         if b0 < 0 or b0 + n + 2 * w > len(mic):
             continue
@@ -242,6 +250,14 @@ def chunk_alignment(src: np.ndarray, mic: np.ndarray, lag0: int, rate: int = RAT
         corrs.append(corr)
         prev_i, prev_lag = i, lag
     return np.array(idx), np.array(lags), np.array(corrs)
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    best = run = 0
+    for f in flags:
+        run = run + 1 if f else 0
+        best = max(best, run)
+    return best
 
 
 def utterance_spans(run: LiveRun, before_s: float = 0.3) -> list[tuple[float, float]]:
@@ -273,3 +289,115 @@ def av_offset_xcorr(run: LiveRun, hop_s: float = 0.005, max_lag_s: float = 0.3,
     at = ((grid - run.mic_t0) / hop_s).astype(int)
     loud = loud[np.clip(at, 0, len(loud) - 1)]
     return lag_by_xcorr(loud, mouth, int(max_lag_s / hop_s)) * hop_s
+
+
+# ---- shared by the benchmarks (bench_live --load, soak_workday) --------------------------
+def pair_onsets(src_on: np.ndarray, mic_on: np.ndarray, max_s: float = 6.0) -> np.ndarray:
+    """Latency (s) per input onset: the mic onset nearest to the previous latency (the
+    first: the earliest one after it), so that a missed or extra onset does not shift all
+    the pairs after it; NaN where no mic onset lies within ``max_s`` after it."""
+    out, prev = [], None
+    for s in src_on:
+        cand = mic_on[(mic_on > s - 0.05) & (mic_on < s + max_s)] - s
+        if len(cand) == 0:
+            out.append(np.nan)
+            continue
+        lat = cand[0] if prev is None else cand[np.argmin(np.abs(cand - prev))]
+        out.append(lat)
+        prev = lat
+    return np.array(out)
+
+
+def per_utterance_lost(run: LiveRun, src_on: np.ndarray, latency: np.ndarray, min_corr: float = 0.5,
+                       chunk_s: float = 0.04) -> tuple[int, int]:
+    """(loud chunks, chunks not found) with each utterance anchored at its own onset
+    latency: a jump of the delay in the silence before it moves the utterance but loses
+    nothing, so this counts only what is gone or garbled inside speech."""
+    n, pad = int(chunk_s * RATE), int(0.2 * RATE)
+    starts = ((src_on - run.src_t0) * RATE).astype(int) - int(0.1 * RATE)
+    ends = list(starts[1:]) + [len(run.src)]
+    loud_all, lost = 0, 0
+    for a, b, lat in zip(starts, ends, latency):
+        a = max(0, a) // n * n
+        if not np.isfinite(lat) or b - a < n:
+            continue
+        m0 = a + int(round((run.src_t0 + lat - run.mic_t0) * RATE)) - pad
+        if m0 < 0:
+            continue
+        seg = run.src[a:b]
+        k = len(seg) // n
+        rms = np.sqrt((seg[: k * n].reshape(k, n) ** 2).mean(1))
+        loud = int((rms > 0.1 * rms.max()).sum())  # chunk_alignment's selection
+        idx, _, corrs = chunk_alignment(seg, run.mic[m0:m0 + (b - a) + 2 * pad + RATE], pad)
+        loud_all += loud
+        lost += int((corrs < min_corr).sum()) + max(0, loud - len(idx))
+    return loud_all, lost
+
+
+def audio_match(run: LiveRun, min_corr: float = 0.5, chunk_s: float = 0.04) -> dict:
+    """What of the input came out of the delayed mic: loud 40 ms chunks of ``run.src``
+    followed through ``run.mic`` by :func:`chunk_alignment` (test_live's check).
+    ``unmatched``: chunks not found at a steady lag over the whole run (correlation under
+    ``min_corr``: lost, repeated, garbled, or moved by a jump of the delay); ``lost``: not
+    found with each utterance anchored at its own latency (:func:`per_utterance_lost`);
+    ``missing``: loud chunks the mic recording did not reach. Latency per input utterance
+    in s."""
+    src_on = run.src_t0 + onsets(envelope(run.src))
+    mic_on = run.mic_t0 + onsets(envelope(run.mic))
+    latency = pair_onsets(src_on, mic_on)
+    out = {"utterances_in": len(src_on), "utterances_out": len(mic_on), "latency_s": latency.tolist(),
+           "chunks": 0, "loud_chunks": 0, "unmatched": 0, "lost": 0, "missing": 0, "corr_median": float("nan"),
+           "corr_min": float("nan"), "unmatched_at_s": []}
+    if not np.isfinite(latency).any():
+        return out
+    lag0 = int(round((run.src_t0 + np.nanmedian(latency[:3]) - run.mic_t0) * RATE))  # before any jump
+    idx, lags, corrs = chunk_alignment(run.src, run.mic, lag0)
+    k = int(chunk_s * RATE)
+    rms = np.sqrt((run.src[: len(run.src) // k * k].reshape(-1, k) ** 2).mean(1))
+    loud = int((rms > 0.1 * rms.max()).sum())  # the same selection as chunk_alignment's
+    bad = corrs < min_corr
+    _, lost = per_utterance_lost(run, src_on, latency, min_corr, chunk_s)
+    out.update(chunks=len(idx), loud_chunks=loud, unmatched=int(bad.sum()), lost=lost,
+               missing=loud - len(idx), unmatched_at_s=(idx[bad] * chunk_s).round(2).tolist())
+    if len(idx):
+        out.update(corr_median=float(np.median(corrs)), corr_min=float(corrs.min()))
+    return out
+
+
+def frame_timing(times: np.ndarray) -> dict:
+    """fps and frame gaps (ms) of camera send times."""
+    dt = np.diff(times) * 1e3
+    if len(dt) == 0:
+        return {"frames": len(times), "fps": float("nan"), "gap_p50_ms": float("nan"),
+                "gap_p99_ms": float("nan"), "gap_max_ms": float("nan")}
+    return {"frames": len(times), "fps": float(len(dt) / (times[-1] - times[0])),
+            "gap_p50_ms": float(np.percentile(dt, 50)), "gap_p99_ms": float(np.percentile(dt, 99)),
+            "gap_max_ms": float(dt.max())}
+
+
+def av_sync(run: LiveRun, max_lag_s: float = 0.3) -> dict:
+    """A/V offset (ms, positive: the picture is late): by cross-correlation over the whole
+    run and per utterance (median and worst), and by onsets (median). ``at_limit``:
+    utterances whose best lag is the search limit, i.e. no match (e.g. garbled audio or a
+    frozen picture)."""
+    per_utt = np.array([av_offset_xcorr(run, span=sp) for sp in utterance_spans(run)]) * 1e3
+    ons = av_offsets(run) * 1e3
+    nan = float("nan")
+    return {"xcorr_ms": av_offset_xcorr(run) * 1e3, "per_utterance_ms": per_utt.tolist(),
+            "at_limit": int((np.abs(per_utt) >= max_lag_s * 1e3 - 1e-6).sum()),
+            "median_ms": float(np.median(per_utt)) if len(per_utt) else nan,
+            "worst_ms": float(per_utt[np.argmax(np.abs(per_utt))]) if len(per_utt) else nan,
+            "onsets_median_ms": float(np.median(ons)) if len(ons) else nan}
+
+
+def counter_deltas(before: dict, after: dict) -> dict:
+    """Growth of the daemon's audio and frame counters between two /status answers. A
+    counter that went down was reset (a new playback stream): its new value counts."""
+    def get(s: dict, key: str) -> int:
+        return int(s.get("playback", {}).get(key, 0)) if key in ("underflows", "lost_samples", "resyncs") \
+            else int(s.get(key, 0))
+    out = {}
+    for key in ("underflows", "lost_samples", "resyncs", "frames_emitted", "frames_repeated", "windows_skipped"):
+        a, b = get(before, key), get(after, key)
+        out[key] = b - a if b >= a else b
+    return out

@@ -144,8 +144,11 @@ class PrivatePulse:
             (d / "launch.sh").write_text(_PIPEWIRE_LAUNCH)
             args = ["dbus-run-session", "--", "sh", str(d / "launch.sh")]
         else:
+            # realtime and high priority, as a desktop's PulseAudio gets them (through rtkit):
+            # a server starved by busy processes is not what users run. Without the
+            # privilege it carries on at normal priority and says so in its log.
             args = ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--disallow-exit",
-                    "--realtime=no", "--high-priority=no", "--use-pid-file=no",
+                    "--realtime=yes", "--high-priority=yes", "--use-pid-file=no",
                     f"--load=module-native-protocol-unix socket={self.sock} auth-anonymous=1"]
             args += [f"--load=module-null-sink {self._null_sink_args(s)}" for s in SINKS]
         with log:  # its own session: kill() takes the server's whole group

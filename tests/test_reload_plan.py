@@ -35,6 +35,8 @@ TABLE = [
     ("status only", BASE, cfg(status__interval_s=2.0), CLASSIC, CLASSIC, Plan()),
     ("status endpoint", BASE, cfg(status__http="127.0.0.1:9999"), CLASSIC, CLASSIC, Plan(status_server=True)),
     ("status endpoint off", BASE, cfg(status__http=""), CLASSIC, CLASSIC, Plan(status_server=True)),
+    ("control token", BASE, cfg(control__token="t" * 20), CLASSIC, CLASSIC, Plan(status_server=True)),
+    ("avatar folder", BASE, cfg(control__avatars_dir="/tmp/a"), CLASSIC, CLASSIC, Plan(status_server=True)),
     ("classic tuning is live", BASE, cfg(engine__classic__mouth_gain=1.5), CLASSIC, CLASSIC, Plan(tuning=True)),
     ("classic tuning while sadtalker renders", ST, cfg(engine__name="sadtalker", engine__classic__mouth_gain=1.5),
      SADTALKER, SADTALKER, Plan()),

@@ -169,9 +169,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     addr = args.address or cfg.status.http
     if not addr:
         raise VcamError("status.http is empty in the config: the daemon serves no status")
+    from vcam_talker.web.security import TOKEN_HEADER, is_loopback, read_token
+
+    # a network bind needs the token for GET /status too; this machine's own token file is
+    # never sent to another machine
+    token = cfg.control.token or (read_token() if is_loopback(addr.rpartition(":")[0]) else "")
+    req = urllib.request.Request(f"http://{addr}/status", headers={TOKEN_HEADER: token} if token else {})
     try:
-        with urllib.request.urlopen(f"http://{addr}/status", timeout=3) as r:
+        with urllib.request.urlopen(req, timeout=3) as r:
             data = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        raise VcamError(f"the daemon on {addr} refused: {exc.code} {_error_line(exc)}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise VcamError(f"no daemon answering on {addr} ({getattr(exc, 'reason', exc)}); is `vcam-talker run` up?") from None
     if args.json:
@@ -180,6 +188,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         for k, v in data.items():
             print(f"{k}: {v}")
     return 0
+
+
+def _error_line(exc) -> str:
+    try:
+        return str(json.loads(exc.read())["error"])
+    except Exception:  # noqa: BLE001 - not our server's JSON: its reason phrase
+        return str(exc.reason)
 
 
 def cmd_install_service(args: argparse.Namespace) -> int:

@@ -75,8 +75,16 @@ class SadTalkerConfig:
     blink: bool = _f(True)
     seed: int = _f(0, range=(0, 2**31 - 1))
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    # speed switches (engines/sadtalker/accel.py); half: true is the legacy float16
     half: bool = _f(False)
+    precision: str = _f("float32", choices=("float32", "float16", "bfloat16", "tf32"))
     compile: bool = _f(False)
+    compile_mode: str = _f("default", choices=("default", "reduce-overhead", "max-autotune"))
+    channels_last: bool = _f(False)
+    # throw-away frames rendered by prepare, so the first live frame pays no initialisation
+    warmup_frames: int = _f(2, range=(0, 20))
+    # most backlog windows the live worker renders in one batch instead of skipping them
+    catch_up_batch: int = _f(4, range=(1, 16))
     weights_dir: str = _f("")
 
 
@@ -131,6 +139,16 @@ class StatusConfig:
 
 
 @dataclass
+class ControlConfig:
+    """The control server (on ``status.http``): its token and the avatar folder it manages."""
+
+    #: empty: the per-install token file ($XDG_STATE_HOME/vcam-talker/token)
+    token: str = _f("")
+    #: empty: $XDG_DATA_HOME/vcam-talker/avatars (~/.local/share/vcam-talker/avatars)
+    avatars_dir: str = _f("")
+
+
+@dataclass
 class CacheConfig:
     dir: str = _f("~/.cache/vcam-talker")
     enabled: bool = _f(True)
@@ -144,6 +162,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     log_level: str = _f("info", choices=("debug", "info", "warning", "error"))
     #: the file this config came from; relative paths in it resolve against its folder
@@ -281,22 +300,42 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
 
 
 def _cross_checks(cfg: Config, errors: list[str]) -> None:
-    http = cfg.status.http
-    if http:
-        host, _, port = http.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            errors.append(f"status.http: must be HOST:PORT such as 127.0.0.1:8765, or empty, got {http!r}")
+    _check_control(cfg, errors)
     t = cfg.sinks.ffmpeg.target
     if cfg.sinks.ffmpeg.enabled and not t:
         errors.append("sinks.ffmpeg.target: must name a file or an rtmp:// or srt:// URL when enabled, got ''")
     if "://" in t and not t.startswith(("rtmp://", "rtmps://", "srt://")):
         errors.append(f"sinks.ffmpeg.target: only rtmp://, rtmps:// and srt:// URLs are supported, got {t!r}")
     _check_avatar_file(cfg, errors)
+    st = cfg.engine.sadtalker
+    if st.half and st.precision not in ("float32", "float16"):
+        errors.append(f"engine.sadtalker.half: true means precision float16, which conflicts with precision {st.precision}")
     c = cfg.engine.classic
     if c.blink_min_s > c.blink_max_s:
         errors.append(
             f"engine.classic.blink_min_s: must not exceed blink_max_s ({c.blink_max_s}), got {c.blink_min_s}"
         )
+
+
+def _check_control(cfg: Config, errors: list[str]) -> None:
+    from vcam_talker.web.security import is_loopback, split_addr, token_problem
+
+    token = cfg.control.token
+    if token and token_problem(token):
+        errors.append(f"control.token: {token_problem(token)}, got {len(token)} characters")
+    http = cfg.status.http
+    if not http:
+        return
+    try:
+        host, _ = split_addr(http)
+    except ValueError:
+        errors.append(f"status.http: must be HOST:PORT such as 127.0.0.1:8765, or empty, got {_describe(http)}")
+        return
+    if not is_loopback(host) and not token:
+        # the network can reach the API: the secret its clients need must be chosen on purpose
+        errors.append(f"control.token: must be set when status.http binds a non-loopback address "
+                      f"({host or 'every interface'}); e.g. python3 -c 'import secrets; "
+                      f"print(secrets.token_urlsafe(32))'")
 
 
 def _check_avatar_file(cfg: Config, errors: list[str]) -> None:

@@ -5,8 +5,10 @@
     AudioRing → DelayedPlayback (virtual mic), delayed by the measured pipeline delay
 
 The "vcam-control" thread owns every change after start: reloads (file watch, SIGHUP,
-API), the engine fallback, reviving dead pipeline threads, and the :class:`Supervisor`'s
-look at the devices and sinks (vcam_talker/supervisor.py: one health hook, one backoff).
+API; executed by the :class:`Reloads` mixin in vcam_talker/reloads.py), the engine
+fallback, reviving dead pipeline threads, reopening the audio output with a bigger buffer
+(vcam_talker/audio/headroom.py), and the :class:`Supervisor`'s look at the devices and
+sinks (vcam_talker/supervisor.py: one health hook, one backoff).
 The frame path never waits for it: it reads the current (engine, avatar) pair once per
 frame, so swaps land at a frame boundary.
 """
@@ -14,47 +16,48 @@ frame, so swaps land at a frame boundary.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vcam_talker import config as config_mod
-from vcam_talker import reload_plan
+from vcam_talker import selfcheck
 from vcam_talker import status as status_mod
+from vcam_talker.audio import headroom
 from vcam_talker.audio.ports import AudioPorts
 from vcam_talker.audio.ring import AudioRing
 from vcam_talker.config import Config
 from vcam_talker.engines import create_engine
 from vcam_talker.engines.base import Engine
-from vcam_talker.errors import ConfigError, VcamError
+from vcam_talker.errors import VcamError
 from vcam_talker.notify import Notifier
 from vcam_talker.sinks.base import Sink
 from vcam_talker.stream.guard import revive_dead
-from vcam_talker.stream.pipeline import DelayEstimator, EngineWorker, FrameStore, Pacer, PipelineStats
+from vcam_talker.stream.delay import DelayEstimator
+from vcam_talker.stream.pipeline import EngineWorker, Pacer
+from vcam_talker.stream.state import FrameStore, PipelineStats
 from vcam_talker.stream.windows import Windower
+from vcam_talker.reloads import Active, Reloads, _mtime
 from vcam_talker.supervisor import STALL_S, Supervisor
+from vcam_talker.web.preview import PreviewTap
+from vcam_talker.web.syncprobe import SyncProbe
 
 log = logging.getLogger(__name__)
 
 RING_SECONDS = 20.0
 #: consecutive engine failures before falling back to the classic engine
 FALLBACK_AFTER = 25
+#: the start-up self-check renders this long (s); frames after the first are timed
+SELFCHECK_S = 0.3
+#: after the audio input (re)opens, the delay is measured afresh once this long (s) has passed
+INPUT_SETTLE_S = 1.5
 
 
-@dataclass(frozen=True)
-class Active:
-    """What the frame path renders with; replaced whole, never mutated."""
-
-    engine: Engine
-    avatar: object
-
-
-class Daemon:
+class Daemon(Reloads):
     """One running vcam-talker: build with a validated Config (this builds the engine and
     prepares the avatar), then start()/stop().
 
@@ -72,13 +75,23 @@ class Daemon:
         self.config_path = Path(config_path) if config_path else None
         self.notifier = notifier or Notifier()
         self.stats = PipelineStats()
+        self.headroom = headroom.Headroom()
+        self._reopen_pending = False
+        self._resynced_for: float | None = None
         engine = engine or create_engine(cfg)
         self.active = Active(engine, engine.prepare(cfg.avatar_path()))
+        if hasattr(engine, "detector"):  # loaded now, not by a swap while the mic plays (it holds the GIL)
+            engine.detector()
+        # what this machine sustains with this engine and size, before any live thread runs
+        self.selfcheck = selfcheck.measure_safely(engine, self.active.avatar, cfg.video.fps, seconds=SELFCHECK_S)
+        (log.info if self.selfcheck.ok else log.warning)("%s", self.selfcheck.line())
         self._avatar_mtime = _mtime(cfg.avatar_path())
         self.ring = AudioRing(engine.window_spec.sample_rate, RING_SECONDS)
         self.supervisor = Supervisor(publish=self._publish_sinks)
         self._stop = threading.Event()
         self._video_stop = threading.Event()
+        # control page: muted animation, live preview, test sync (vcam_talker/web)
+        self.muted, self.preview, self.sync = False, PreviewTap(), SyncProbe(self)
         self.windower, self.delay, self.store, self.worker, self.pacer = self._build_video(cfg)
         self.audio = AudioPorts(self.ring, self.supervisor, self.audio_delay)
         self.started_at = 0.0
@@ -98,6 +111,12 @@ class Daemon:
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
+        # A full garbage collection walks every object: 60 ms with torch loaded here, over
+        # 100 ms on a busy machine, holding the GIL, so the audio callbacks miss their turn
+        # and the mic underruns. Everything built so far lives as long as the daemon:
+        # frozen, later collections skip it.
+        gc.collect()
+        gc.freeze()
         self._start_watcher()  # before any frame: an edit made during start-up is not missed
         self._open_sinks(cfg)
         self._start_video_threads()
@@ -141,11 +160,12 @@ class Daemon:
         delay = DelayEstimator(initial_s=initial, margin_s=0.5 / fps, floor_s=spec.after_s)
         store = FrameStore(capacity=max(8, fps))
         worker = EngineWorker(ring=self.ring, windower=windower, render=self._render, store=store,
-                              stats=self.stats, delay=delay, stop=self._video_stop, on_error=self._engine_error)
+                              stats=self.stats, delay=delay, stop=self._video_stop, on_error=self._engine_error,
+                              render_batch=self._render_batch, max_batch=cfg.engine.sadtalker.catch_up_batch)
         pacer = Pacer(ring=self.ring, windower=windower, fps=fps, store=store, sinks=self.supervisor.sinks(),
                       stats=self.stats, delay=delay, stop=self._video_stop,
                       idle_image=lambda: self.active.avatar.image, on_tick=self._on_tick,
-                      on_sink_error=self.supervisor.report)
+                      on_sink_error=self.supervisor.report, on_frame=self._on_frame)
         return windower, delay, store, worker, pacer
 
     def _start_video_threads(self) -> None:
@@ -156,9 +176,44 @@ class Daemon:
 
     def _render(self, window) -> np.ndarray:
         active = self.active  # one read: an (engine, avatar) swap lands between frames
-        image = active.engine.render(window, active.avatar)
+        if self.muted:  # idle animation: the picture ignores the voice, the mic still plays it
+            window = dataclasses.replace(window, samples=np.zeros_like(window.samples))
+        image = self.sync.render(window.index, active.engine.render(window, active.avatar))
         self._consecutive_errors = 0
         return image
+
+    def _render_batch(self, windows) -> list[np.ndarray]:
+        """Catch-up: several windows in one engine call (a batch on the GPU)."""
+        active = self.active  # one read: a swap lands between batches
+        if self.muted:
+            windows = [dataclasses.replace(w, samples=np.zeros_like(w.samples)) for w in windows]
+        images = active.engine.render_batch(windows, active.avatar)
+        images = [self.sync.render(w.index, im) for w, im in zip(windows, images)]
+        self._consecutive_errors = 0
+        return images
+
+    def _on_frame(self, frame, now: float) -> None:
+        """The pacer hands ``frame`` to the sinks at ``now``: two references stored."""
+        self.preview(frame, now)
+        self.sync.published(frame, now)
+
+    # ---- control page: mute, test sync -------------------------------------------------
+    def set_muted(self, muted: bool) -> None:
+        """Mute the animation (blinks and idle motion go on); the delayed mic is not
+        muted: muting it is the meeting app's job, where the other side sees it."""
+        self.muted = bool(muted)
+        log.info("animation %s", "muted: the avatar ignores the voice" if self.muted else "unmuted")
+
+    def test_sync(self, timeout: float = 5.0) -> dict:
+        """A flash and a click through the live pipeline; see vcam_talker/web/syncprobe.py.
+        Blocks for up to ``timeout`` s: run it off the event loop."""
+        res = self.sync.run(timeout)
+        log.info("test sync: %s", res)
+        return res
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     # ---- sinks -----------------------------------------------------------------------
     def _build_sinks(self, cfg: Config) -> list[Sink]:
@@ -238,6 +293,12 @@ class Daemon:
                     self.reload(reason=arg)
                 elif kind == "fallback":
                     self._fall_back()
+                elif kind == "reopen_output":  # a bigger output buffer (see _audio_headroom)
+                    self.audio.stop_output()
+                    self.audio.start_output(self.cfg.audio)
+                    self._reopen_pending = False
+                    log.info("audio output reopened with a %.0f ms buffer (headroom %.0f ms after hiccups)",
+                             1e3 * headroom.output_latency(self.audio_delay()), 1e3 * self.headroom.extra_s)
                 self.supervisor.check(time.monotonic())
             except Exception as exc:  # the control thread must survive anything
                 log.exception("control: %s", exc)
@@ -249,144 +310,40 @@ class Daemon:
             if revived is not threads:
                 self.worker, self.pacer = revived
 
-    def reload(self, cfg: Config | None = None, reason: str = "request") -> list[str]:
-        """Apply a new config (default: re-read the config file). Invalid configs are
-        refused with one line and the running one stays. Returns what was restarted."""
-        self.notifier.reloading()
-        try:
-            if cfg is None:
-                if self.config_path is None:
-                    return []
-                try:
-                    cfg = config_mod.load(self.config_path)
-                except ConfigError as exc:
-                    self.reload_errors += 1
-                    self.last_error = str(exc)
-                    log.error("reload (%s) refused, keeping the running config: %s", reason, exc)
-                    return []
-            changed = self._apply(cfg, reason)
-            self.reloads += 1
-            return changed
-        finally:
-            self.notifier.ready()
-
-    def _apply(self, new: Config, reason: str) -> list[str]:
-        """Execute :func:`reload_plan.plan`: anything to prepare is prepared first, in this
-        thread, while the old engine and avatar keep animating; then the swap and restarts."""
-        old = self.cfg
-        old_spec = self.active.engine.window_spec
-        avatar_file_changed = _mtime(new.avatar_path()) != self._avatar_mtime
-        engine, avatar = self.active.engine, self.active.avatar
-        try:
-            if reload_plan.engine_needed(old, new):
-                engine = create_engine(new)
-            p = reload_plan.plan(old, new, old_spec, engine.window_spec, avatar_file_changed=avatar_file_changed)
-            if p.engine or p.avatar:
-                avatar = engine.prepare(new.avatar_path())
-        except VcamError as exc:
-            if engine is not self.active.engine:
-                engine.close()
-            self.reload_errors += 1
-            self.last_error = str(exc)
-            log.error("reload (%s) refused, keeping the running avatar and config: %s", reason, exc)
-            return []
-        if p.engine or p.avatar:
-            self._avatar_mtime = _mtime(new.avatar_path())
-        self.cfg = new
-        self._swap(engine, avatar, restart_video=p.video, reopen_sinks=p.camera or p.sinks)
-        if p.tuning and self.active.engine.name == "classic":
-            self.active.engine.update_tuning(new.engine.classic)
-        if p.audio_input:
-            self.audio.stop_input()
-            self.demo = new.audio.input == "demo"
-            self.audio.start_input(new.audio, self.demo)
-        if p.audio_output:
-            self.audio.stop_output()
-            self.audio.start_output(new.audio)
-        if p.trim and self.audio.playback is not None:
-            self.audio.playback.set_target_delay(self.audio_delay())
-        if p.log_level:
-            logging.getLogger("vcam_talker").setLevel(new.log_level.upper())
-        if p.status_server:
-            self._stop_status_server()
-            self._start_status_server()
-        if self.config_path is not None and self._watcher is not None:
-            self._watch_avatar()
-        done = p.describe()
-        log.info("reloaded (%s): %s", reason, ", ".join(done) if done else "no change that needs a restart")
-        return done
-
-    def _swap(self, engine: Engine, avatar, *, restart_video: bool, reopen_sinks: bool = False) -> None:
-        """Put a prepared (engine, avatar) in place. Without a video restart the swap is one
-        reference change between two frames; with one (new window spec or video settings),
-        the windower, delay estimator and pacer are rebuilt for the new engine's windows.
-        ``reopen_sinks``: the sinks are closed and opened again with the current config."""
-        old_engine = self.active.engine
-        if restart_video:
-            self._video_stop.set()
-            for t in (self.worker, self.pacer):
-                t.join(2.0)
-        if reopen_sinks:
-            self.supervisor.remove_sinks()
-            self._open_sinks(self.cfg)
-        self.active = Active(engine, avatar)  # atomic: the next frame uses it
-        if restart_video:
-            self._video_stop = threading.Event()
-            self.windower, self.delay, self.store, self.worker, self.pacer = self._build_video(self.cfg)
-            self._start_video_threads()
-        if old_engine is not engine:
-            old_engine.close()
-
-    def _fall_back(self) -> None:
-        old = self.active.engine
-        log.error("engine %s failed %d frames in a row; falling back to the classic engine", old.name,
-                  self._consecutive_errors)
-        cfg = dataclasses.replace(self.cfg, engine=dataclasses.replace(self.cfg.engine, name="classic"))
-        try:
-            engine = create_engine(cfg)
-            avatar = engine.prepare(cfg.avatar_path())
-        except VcamError as exc:
-            log.error("classic fallback failed too: %s", exc)
-            return
-        # the classic engine's windows differ: the same plan as a reload decides the restart
-        p = reload_plan.plan(self.cfg, cfg, old.window_spec, engine.window_spec)
-        self._swap(engine, avatar, restart_video=p.video)
-        self._consecutive_errors = 0
-        self._fallback_pending = False
-
-    # ---- file watching -----------------------------------------------------------------
-    def _start_watcher(self) -> None:
-        if self.config_path is None:
-            return
-        from vcam_talker.watch import DebouncedWatcher
-
-        self._watcher = DebouncedWatcher(lambda: self.request_reload("file changed"))
-        self._watcher.watch(self.config_path)
-        self._watch_avatar()
-        self._watcher.start()
-
-    def _watch_avatar(self) -> None:
-        p = self.cfg.avatar_path()
-        self._watcher.watch(p, replace_tag="avatar")
-
     # ---- status ------------------------------------------------------------------------
     def _start_status_server(self) -> None:
+        """The control server (vcam_talker/web) on status.http; the daemon runs on without it
+        if it cannot start, saying why in one line."""
         addr = self.cfg.status.http
         if not addr:
             return
-        from vcam_talker.status_server import StatusServer
+        import secrets
 
+        from vcam_talker.web import security
+        from vcam_talker.web.server import ControlServer
+
+        token = self.cfg.control.token
+        # the per-install token only on loopback: a network bind needs one chosen on purpose
+        if not token and security.is_loopback(addr.rpartition(":")[0]):
+            try:
+                token = security.install_token()
+            except OSError as exc:  # a read-only home: the page still works, scripts cannot
+                token = secrets.token_urlsafe(32)
+                log.warning("cannot store the control token in %s (%s); using one for this run only",
+                            security.token_path(), exc.strerror or exc)
         try:
-            self._http = StatusServer(addr, self)
+            self._http = ControlServer(addr, self, token=token)
             self._http.start()
         except OSError as exc:
             log.error("status server on %s: %s; continuing without it", addr, exc.strerror or exc)
             self._http = None
+        except VcamError as exc:
+            log.error("%s", exc)
+            self._http = None
 
     def _stop_status_server(self) -> None:
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.stop()
             self._http = None
 
     def _on_tick(self, now: float) -> None:
@@ -394,14 +351,38 @@ class Daemon:
             self.first_frame.set()
             self.notifier.ready("publishing frames")
         self.notifier.watchdog(now, progress=self.stats.frames_published)
+        opened = getattr(self.audio, "input_opened_at", None)
+        if opened is not None and opened != self._resynced_for and now - opened > INPUT_SETTLE_S:
+            # a (re)opened input delivers the sound server's backlog in a burst: frames from
+            # it are late once; measure the delay afresh from after it
+            self._resynced_for = opened
+            self.delay.resync()
         if now - self._last_delay_update >= 1.0:
             self._last_delay_update = now
+            self._audio_headroom(now)
             self.delay.update()
-            if self.audio.playback is not None:
-                self.audio.playback.set_target_delay(self.audio_delay())
+        if self.delay.pending:  # the picture and the mic move together, in a pause
+            pb = self.audio.playback
+            if self.delay.apply(now, quiet=pb is None or pb.in_pause()) and pb is not None:
+                pb.set_target_delay(self.audio_delay())
         if now - self._last_status >= self.cfg.status.interval_s:
             self._last_status = now
             log.info("%s", self.status_line())
+
+    def _audio_headroom(self, now: float) -> None:
+        """A hiccup of the audio last second (dry ring, underrun): more room for the voice,
+        and a bigger output buffer once it fits, reopened in a long pause."""
+        pb = self.audio.playback
+        sup = self.supervisor
+        if pb is None or not sup.up("output") or not (self.demo or sup.up("input")):
+            return  # an outage's gaps are the outage's, and a reopen would race its retries
+        st = pb.stats
+        self.headroom = headroom.step(self.headroom, st.hiccups, now)
+        self.delay.headroom_s = self.headroom.extra_s
+        if (not self._reopen_pending and headroom.reopen_wanted(st.latency_s, self.audio_delay())
+                and pb.in_pause(None)):
+            self._reopen_pending = True
+            self._request(("reopen_output", None))
 
     def status(self) -> dict:
         return status_mod.status(self)
@@ -409,9 +390,3 @@ class Daemon:
     def status_line(self) -> str:
         return status_mod.status_line(self.status(), self.cfg.audio.output)
 
-
-def _mtime(p: Path) -> float:
-    try:
-        return p.stat().st_mtime
-    except OSError:
-        return 0.0

@@ -24,7 +24,7 @@ class Plan:
     camera: close and reopen the sinks (only with ``video``: a new frame size).
     sinks: reopen the sinks without touching the video stage.
     tuning: pass ``engine.classic`` to the running classic engine (live).
-    status_server: rebind the status endpoint (``status.http`` changed).
+    status_server: rebind the control server (``status.http`` or ``control`` changed).
     """
 
     engine: bool = False
@@ -88,5 +88,5 @@ def plan(old: Config, new: Config, old_spec: WindowSpec, new_spec: WindowSpec, *
         audio_output=new.audio.output != old.audio.output,
         trim=new.audio.trim_ms != old.audio.trim_ms,
         log_level=new.log_level != old.log_level,
-        status_server=new.status.http != old.status.http,
+        status_server=new.status.http != old.status.http or new.control != old.control,
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from vcam_talker.audio.ring import RingRangeError
 from vcam_talker.latency import latency_parts
 
 if TYPE_CHECKING:
@@ -18,6 +22,12 @@ def status(d: Daemon) -> dict:
     health = d.supervisor.view(now)
     sinks = {name: h for name, h in health.items() if name not in ("input", "output")}
     s.update({"delay_ms": round(d.delay.value * 1e3, 1),
+              # delay changes wait for a pause; these were made inside speech
+              "delay_changes_forced": d.delay.forced,
+              # measured at start: what this machine sustains with the engine and size
+              "selfcheck": d.selfcheck.as_status(),
+              # added to the delay because the input came late (vcam_talker/audio/headroom.py)
+              "audio_headroom_ms": round(d.delay.headroom_s * 1e3, 1),
               "queue_depth": max(0, d.store.newest() - d.pacer.due_index()),
               "uptime_s": round(now - d.started_at, 1), "engine": d.active.engine.name,
               "avatar": str(d.cfg.avatar_path()), "reloads": d.reloads,
@@ -35,17 +45,35 @@ def status(d: Daemon) -> dict:
         ps = pb.stats
         s["playback"] = {"speed": round(ps.speed, 4), "inserted_frames": ps.inserted_frames,
                          "removed_samples": ps.removed_samples, "underflows": ps.underflows,
-                         "lost_samples": ps.lost_samples, "resyncs": ps.resyncs}
+                         "lost_samples": ps.lost_samples, "resyncs": ps.resyncs,
+                         "dry_blocks": ps.dry_blocks}
     parts = latency_parts(d.audio_delay(), d.windower.spec.after_s, d.ring.arrival_lag, d.delay.median_ready())
     if parts is not None:  # the audio delay split up; the parts sum to the total
         s["latency_ms"] = parts.as_ms()
     end = d.ring.end
     if end > 0:  # maps the sample indices frames carry to monotonic capture times
         s["clock"] = {"sample": end - 1, "monotonic": d.ring.time_of(end - 1), "sample_rate": d.ring.sample_rate}
+    s["input_level_db"] = _level_db(d.ring)
+    s["muted"] = d.muted  # the animation ignores the voice; the mic still plays it
+    s["test_sync"] = d.sync.last
     if d.audio.capture is not None:
         cs = d.audio.capture.stats
         s["capture"] = {k: getattr(cs, k) for k in ("nan_samples", "clipped_samples", "overflows")}
     return s
+
+
+def _level_db(ring, seconds: float = 0.1) -> float:
+    """RMS level (dBFS, floor -100) of the last ``seconds`` of input: the page's meter."""
+    n = int(seconds * ring.sample_rate)
+    end = ring.end
+    if end - n < max(ring.start, 0):
+        return -100.0
+    try:
+        x = ring.read(end - n, n)
+    except RingRangeError:  # overwritten meanwhile
+        return -100.0
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return round(max(-100.0, 20 * math.log10(rms)) if rms > 0 else -100.0, 1)
 
 
 def status_line(s: dict, output: str) -> str:

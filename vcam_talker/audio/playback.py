@@ -46,6 +46,11 @@ class PlaybackStats:
     device_latency_s: time from a callback to its first frame at the DAC.
     errors: callbacks that failed (they played silence); see DelayedPlayback.error.
     resyncs: jumps to the target after a stall (their samples count in lost_samples).
+    dry_blocks: blocks, once playing, that found the ring short (the input came later
+        than the delay allows).
+    hiccups: dry blocks and underflows after the first 2 s of playing: scheduling
+        hiccups the daemon answers with more headroom (vcam_talker/audio/headroom.py).
+    latency_s: the PortAudio output latency the stream was opened with.
     """
 
     underflows: int = 0
@@ -58,6 +63,9 @@ class PlaybackStats:
     device_latency_s: float = float("nan")
     errors: int = 0
     resyncs: int = 0
+    dry_blocks: int = 0
+    hiccups: int = 0
+    latency_s: float = float("nan")
 
 
 class DelayedPlayback:
@@ -130,6 +138,7 @@ class DelayedPlayback:
         self._dev_latency: float | None = None
         self._untimed = 0
         self._jumps = 0
+        self._t_first = float("inf")
 
     # -- control -----------------------------------------------------------------------
 
@@ -166,6 +175,35 @@ class DelayedPlayback:
         rs = self._rs
         return float("nan") if rs is None else rs.position
 
+    def in_pause(self, ahead_s: float = 0.06) -> bool:
+        """True when what plays next (the splice margin before the play position to
+        ``ahead_s`` after it) is silence: a target change made now is spliced in at once,
+        exactly and inaudibly, instead of stretching speech. With ``ahead_s`` None: all
+        that the ring holds beyond the play position, at least 150 ms (a pause long enough
+        to reopen the stream in)."""
+        rs = self._rs
+        if rs is None:
+            return True
+        p = int(math.floor(rs.position))
+        h = rs.half_taps + self._margin
+        if ahead_s is None:
+            end = self.ring.end
+            if end - p < int(0.15 * self.ring.sample_rate):
+                return False
+            peak = self._peak(p - h, end)
+        else:
+            peak = self._peak(p - h, p + int(ahead_s * self.ring.sample_rate) + h)
+        return peak is not None and peak < self.silence
+
+    #: test sync (vcam_talker/web/syncprobe.py): see mark_click
+    _click = None
+
+    def mark_click(self, click) -> None:
+        """Test sync: ``click.apply(out, first, n, p0, p1, dac_time, rate)`` is called on each
+        output block (out[first:first + n] plays ring positions p0..p1) to add a click where
+        a marked ring sample plays and note its DAC time; None stops it."""
+        self._click = click
+
     @property
     def stats(self) -> PlaybackStats:
         """A snapshot of the counters."""
@@ -185,6 +223,8 @@ class DelayedPlayback:
                                            channels=self.channels, dtype="float32", blocksize=self.blocksize,
                                            latency=self.latency, callback=self._callback)
             self._stream.start()
+            with self._lock:
+                self._stats.latency_s = float(self.latency) if not isinstance(self.latency, str) else float("nan")
         except (sd.PortAudioError, ValueError) as exc:
             self._stream = None
             raise DeviceError(f"cannot open output device {self.info['name']!r}: {exc}") from None
@@ -231,6 +271,7 @@ class DelayedPlayback:
             s = self._stats
             s.callbacks += 1
             s.underflows += int(bool(status.output_underflow))
+            s.hiccups += int(bool(status.output_underflow) and now - self._t_first > 2.0)
             s.device_latency_s = self._dev_latency if self._dev_latency is not None else float("nan")
 
     def render(self, frames: int, dac_time: float) -> np.ndarray:
@@ -247,6 +288,7 @@ class DelayedPlayback:
             if ring.start > 0:  # wrapped: start where the filter's left context is still held
                 p0 = max(float(p0), ring.start + 2 * self._margin + 64)
             self._rs = StreamResampler(ring.sample_rate, self.device_rate, start=p0)
+            self._t_first = dac_time
         rs = self._rs
         self._catch_up_overwritten(rs)
         target = self.target
@@ -315,10 +357,17 @@ class DelayedPlayback:
         need = rs.input_needed(n)
         start = rs.next_input_index
         have = max(0, min(need, ring.end - start))
+        p_out = rs.position  # the ring position out[filled] plays (test sync's click needs it)
         y = rs.process(ring.read(start, have), max_out=n)
         out[filled:filled + len(y)] = y
+        if (click := self._click) is not None:  # test sync: a click where a marked ring sample plays
+            click.apply(out, filled, len(y), p_out, rs.position, dac_time, self.device_rate)
         if len(y) < n:  # the ring ran dry: silence, and the delay grows accordingly
             self._count(starved=n - len(y))
+            if dac_time - self._t_first > 2.0:  # the start's guess of the delay is no hiccup
+                with self._lock:
+                    self._stats.dry_blocks += 1
+                    self._stats.hiccups += 1
         self._est = est
         self._pred = d0 + frames / self.device_rate - (rs.position - p_before) / ring.sample_rate
         with self._lock:

@@ -74,6 +74,7 @@ class AudioPorts:
         cap = AudioCapture(route_device(self.cfg.input, "input"), self.ring, block_ms=self.cfg.block_ms)
         cap.start()
         self.capture = cap
+        self.input_opened_at = time.monotonic()  # the daemon re-measures its delay after this
         self._input_progress.restart(time.monotonic())
 
     def _close_capture(self) -> None:
@@ -121,10 +122,13 @@ class AudioPorts:
         self.supervisor.remove("output")
 
     def _open_playback(self) -> None:
+        from vcam_talker.audio.headroom import output_latency
         from vcam_talker.audio.playback import DelayedPlayback
         from vcam_talker.audio.routing import route_device
 
-        pb = DelayedPlayback(route_device(self.cfg.output, "output"), self.ring, target_delay=self.audio_delay())
+        delay = self.audio_delay()
+        pb = DelayedPlayback(route_device(self.cfg.output, "output"), self.ring, target_delay=delay,
+                             latency=output_latency(delay))
         pb.start()
         self.playback = pb
         self._output_progress.restart(time.monotonic())

@@ -7,6 +7,8 @@ is used when it is installed and its weights are already on disk; it never downl
 
 from __future__ import annotations
 
+import functools
+
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -112,3 +114,11 @@ class LandmarkDetector:
         ]
         faces.sort(key=lambda f: (f.area, f.score), reverse=True)
         return faces
+
+
+@functools.lru_cache(maxsize=2)
+def shared_detector(method: str = "auto") -> LandmarkDetector:
+    """One detector per method for the whole process. Loading dlib's models holds the GIL
+    for a quarter to half a second, which starves the audio callbacks: the daemon loads
+    it once before its audio starts (Daemon.__init__), and engines built by a reload reuse it."""
+    return LandmarkDetector(method)

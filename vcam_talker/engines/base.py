@@ -47,6 +47,15 @@ class Engine(ABC):
         Calls come in frame order; the engine may keep motion state between them.
         """
 
+    #: True when ``render_batch`` is faster per frame than ``render`` (a real batch), so the
+    #: live worker may catch up a backlog with it instead of skipping windows
+    batch_catch_up: bool = False
+
+    def render_batch(self, windows: list[AudioWindow], avatar: PreparedAvatar) -> list[np.ndarray]:
+        """One frame per window, in order: the same frames as ``render`` called on each.
+        By default exactly that loop; an engine that can batch overrides it."""
+        return [self.render(w, avatar) for w in windows]
+
     def render_clip(self, samples: np.ndarray, avatar: PreparedAvatar, fps: int) -> Iterator[np.ndarray]:
         """Every frame of a whole recording (float32 mono at ``window_spec.sample_rate``):
         round(duration × fps) frames. An engine whose offline form differs from its streaming

@@ -25,150 +25,40 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from vcam_talker.audio.ring import RingRangeError
 from vcam_talker.frames import AudioSpan, VideoFrame
+from vcam_talker.stream.delay import DelayEstimator
+from vcam_talker.stream.state import FrameStore, PipelineStats
 from vcam_talker.stream.guard import LoopGuard
+from vcam_talker.stream.priority import lower_this_thread
 from vcam_talker.stream.windows import Windower
 
 log = logging.getLogger(__name__)
 
 #: a tick later than this (s) is a stall: the process was stopped, suspended or starved
 STALL_S = 1.0
-#: a frame ready this long (s) after its audio was captured measures a stall, not the
-#: pipeline: it must not move the audio delay
-MAX_READY_S = 10.0
-
-
-@dataclass
-class PipelineStats:
-    frames_rendered: int = 0
-    frames_emitted: int = 0
-    frames_repeated: int = 0
-    windows_skipped: int = 0
-    engine_errors: int = 0
-    engine_ms: deque = field(default_factory=lambda: deque(maxlen=500))
-    ready_s: deque = field(default_factory=lambda: deque(maxlen=500))
-    emit_times: deque = field(default_factory=lambda: deque(maxlen=500))
-    #: frames that reached at least one open sink (or ticks while no sink is open): the
-    #: proof of progress the watchdog ping and the fps figure are made from
-    frames_published: int = 0
-    publish_times: deque = field(default_factory=lambda: deque(maxlen=500))
-    stalls: int = 0
-    last_stall_s: float = 0.0
-    #: monotonic time the last stall ended; frames whose audio predates it are not measured
-    resumed_at: float = -1e18
-    audio_skipped_samples: int = 0
-    loop_errors: dict = field(default_factory=dict)
-    thread_restarts: int = 0
-
-    def snapshot(self, now: float | None = None) -> dict:
-        now = time.monotonic() if now is None else now
-        ms = np.array(self.engine_ms) if self.engine_ms else np.zeros(1)
-        # the rate of the last 2 s of published frames: 0 when nothing is published
-        pt = np.array(self.publish_times)
-        pt = pt[pt >= now - 2.0]
-        fps = (len(pt) - 1) / (pt[-1] - pt[0]) if len(pt) > 2 and pt[-1] > pt[0] else 0.0
-        return {"fps": round(float(fps), 2), "engine_ms_p50": round(float(np.percentile(ms, 50)), 2),
-                "engine_ms_p95": round(float(np.percentile(ms, 95)), 2),
-                "frames_emitted": self.frames_emitted, "frames_published": self.frames_published,
-                "frames_rendered": self.frames_rendered,
-                "frames_repeated": self.frames_repeated, "windows_skipped": self.windows_skipped,
-                "engine_errors": self.engine_errors, "stalls": self.stalls,
-                "last_stall_s": round(self.last_stall_s, 2),
-                "audio_skipped_samples": self.audio_skipped_samples,
-                "loop_errors": dict(self.loop_errors), "thread_restarts": self.thread_restarts}
-
-
-class FrameStore:
-    """The most recent rendered frames by index (bounded)."""
-
-    def __init__(self, capacity: int = 16):
-        self._frames: OrderedDict[int, VideoFrame] = OrderedDict()
-        self._cap = capacity
-        self._lock = threading.Lock()
-
-    def put(self, frame: VideoFrame) -> None:
-        with self._lock:
-            self._frames[frame.index] = frame
-            while len(self._frames) > self._cap:
-                self._frames.popitem(last=False)
-
-    def get(self, index: int) -> VideoFrame | None:
-        """Frame ``index``, else the newest older one (the caller marks it repeated)."""
-        with self._lock:
-            f = self._frames.get(index)
-            if f is not None:
-                return f
-            older = [i for i in self._frames if i < index]
-            return self._frames[max(older)] if older else None
-
-    def newest(self) -> int:
-        with self._lock:
-            return next(reversed(self._frames), -1)
-
-
-class DelayEstimator:
-    """The pipeline delay: a high percentile of 'frame ready − audio captured', plus a
-    margin. Once a second it rises at once to that figure, or falls slowly towards it, so
-    the audio delay (which follows it) changes rarely; a single late frame is repeated
-    rather than moving the delay."""
-
-    RAISE_S = 0.003
-    LOWER_S = 0.010
-
-    def __init__(self, initial_s: float, margin_s: float, floor_s: float):
-        self.value = initial_s
-        self.margin = margin_s
-        self.floor = floor_s
-        self._samples: deque[float] = deque(maxlen=250)
-        self._settled = False
-        self._lock = threading.Lock()
-
-    def observe(self, ready_s: float) -> None:
-        if not 0.0 <= ready_s <= MAX_READY_S:  # a stall or a clock step, not the pipeline
-            return
-        with self._lock:
-            self._samples.append(ready_s)
-
-    def median_ready(self) -> float | None:
-        """The median measured 'frame ready - audio captured' (s), None before any."""
-        with self._lock:
-            return float(np.median(self._samples)) if self._samples else None
-
-    def resync(self) -> None:
-        """After a stall: drop what was measured through it; the next update sets the
-        delay from fresh measurements alone (the audio delay follows within a second)."""
-        with self._lock:
-            self._samples.clear()
-            self._settled = False
-
-    def update(self) -> float:
-        """Called about once a second."""
-        with self._lock:
-            if len(self._samples) >= 25:
-                target = max(float(np.percentile(self._samples, 98)) + self.margin, self.floor)
-                # hysteresis: small wobbles of the percentile must not move the audio delay
-                if not self._settled or target > self.value + self.RAISE_S:
-                    self.value, self._settled = target + self.RAISE_S, True
-                elif target < self.value - self.LOWER_S:
-                    self.value -= 0.001
-            return self.value
 
 
 class EngineWorker(threading.Thread):
-    """Renders frame after frame as soon as each frame's audio window is complete."""
+    """Renders frame after frame as soon as each frame's audio window is complete.
+
+    Behind the live edge by more than one window, it catches up: with ``render_batch``
+    (windows -> images, in order) it renders the newest backlog windows that can still be
+    shown as one batch (at most ``max_batch``; see :meth:`_catch_up_from`), and skips only the
+    older ones; without it, or when no batch fits, it jumps to the newest window.
+    """
 
     def __init__(self, *, ring, windower: Windower, render: Callable, store: FrameStore,
                  stats: PipelineStats, delay: DelayEstimator, stop: threading.Event, on_error: Callable[[Exception], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, render_batch: Callable[[list], list] | None = None,
+                 max_batch: int = 4):
         super().__init__(name="vcam-engine", daemon=True)
         self.ring, self.windower, self.render = ring, windower, render
+        self.render_batch, self.max_batch = render_batch, max_batch
         self.store, self.stats, self.delay = store, stats, delay
         self.stop_event = stop
         self.on_error = on_error
@@ -176,7 +66,7 @@ class EngineWorker(threading.Thread):
         self.next_index = 0
         self.guard = LoopGuard("vcam-engine", stats)
         self._args = dict(ring=ring, windower=windower, render=render, store=store, stats=stats, delay=delay,
-                          stop=stop, on_error=on_error, clock=clock)
+                          stop=stop, on_error=on_error, clock=clock, render_batch=render_batch, max_batch=max_batch)
 
     def respawn(self) -> EngineWorker:
         fresh = EngineWorker(**self._args)
@@ -184,6 +74,7 @@ class EngineWorker(threading.Thread):
         return fresh
 
     def run(self) -> None:
+        self.nice = lower_this_thread()  # the audio threads win a saturated CPU
         while not self.stop_event.is_set():
             try:
                 self._step()
@@ -194,13 +85,18 @@ class EngineWorker(threading.Thread):
 
     def _step(self) -> None:
         i = self.next_index
-        # behind the live edge (slow engine, stall): jump to the newest complete window.
-        # Rendering every stale window instead would make frames ever later, and the
-        # measured delay, which the audio follows, would grow without bound.
+        # behind the live edge (slow engine, stall): render the backlog that can still be
+        # shown as one batch, skip the rest. Rendering every stale window one by one instead
+        # would make frames ever later, and the measured delay, which the audio follows,
+        # would grow without bound.
         latest = self.windower.latest_complete(self.ring.end)
         if latest - i > 1:
-            self.stats.windows_skipped += latest - i
-            i = latest
+            first = self._catch_up_from(i, latest)
+            self.stats.windows_skipped += first - i
+            i = first
+            if first < latest:
+                self._step_batch(first, latest)
+                return
         need = self.windower.end_sample(i)
         if not self.ring.wait_for(need, timeout=0.1):
             return
@@ -221,15 +117,63 @@ class EngineWorker(threading.Thread):
         t1 = self.clock()
         self.stats.engine_ms.append((t1 - t0) * 1e3)
         self.stats.frames_rendered += 1
-        captured = self.ring.time_of(self.windower.center(i))
-        ready = t1 - captured
-        self.stats.ready_s.append(ready)
-        if captured >= self.stats.resumed_at - 0.5:  # audio from before a stall measures the stall
-            self.delay.observe(ready)
+        self._publish(i, window, image, t1, observe=True)
+        self.next_index = i + 1
+
+    def _publish(self, i: int, window, image, t_ready: float, observe: bool) -> None:
         c = self.windower.center(i)
+        captured = self.ring.time_of(c)
+        ready = t_ready - captured
+        self.stats.ready_s.append(ready)
+        if observe and captured >= self.stats.resumed_at - 0.5:  # audio from before a stall measures the stall
+            self.delay.observe(ready)
         self.store.put(VideoFrame(index=i, t=window.t, image=image, sample=c,
                                   window=(c - self.windower.spec.before, c + self.windower.spec.after)))
-        self.next_index = i + 1
+
+    def _catch_up_from(self, i: int, latest: int) -> int:
+        """The first window to render when windows i..latest are complete: the oldest one
+        from which a batch up to ``latest`` still fits the latency budget, i.e. is estimated
+        (recent per-frame time × frames) to be ready before the pacer shows its first frame
+        (capture + current delay). ``latest`` (skip the rest) when no batch of two or more fits."""
+        if self.render_batch is None or self.max_batch < 2 or not self.stats.engine_ms:
+            return latest
+        per_frame_s = float(np.median(list(self.stats.engine_ms)[-25:])) / 1e3
+        now = self.clock()
+        for n in range(min(self.max_batch, latest - i + 1), 1, -1):
+            first = latest - n + 1
+            if now + n * per_frame_s <= self.ring.time_of(self.windower.center(first)) + self.delay.value:
+                return first
+        return latest
+
+    def _step_batch(self, first: int, latest: int) -> None:
+        """Windows first..latest as one ``render_batch`` call."""
+        try:
+            windows = [self.windower.window(j) for j in range(first, latest + 1)]
+        except RingRangeError:
+            self.next_index = self.windower.latest_complete(self.ring.end)
+            return
+        t0 = self.clock()
+        try:
+            images = self.render_batch(windows)
+            if len(images) != len(windows):
+                raise RuntimeError(f"render_batch returned {len(images)} frames for {len(windows)} windows")
+        except Exception as exc:
+            self.stats.engine_errors += 1
+            if self.on_error:
+                self.on_error(exc)
+            self.next_index = latest + 1
+            return
+        t1 = self.clock()
+        n = len(windows)
+        self.stats.engine_ms.extend([(t1 - t0) * 1e3 / n] * n)
+        self.stats.frames_rendered += n
+        self.stats.frames_batched += n
+        self.stats.batches += 1
+        for k, (window, image) in enumerate(zip(windows, images)):
+            # only the newest frame measures the pipeline delay: the older ones are late by
+            # design, and counting them would raise the delay the audio follows
+            self._publish(first + k, window, image, t1, observe=k == n - 1)
+        self.next_index = latest + 1
 
 
 class Pacer(threading.Thread):
@@ -240,8 +184,11 @@ class Pacer(threading.Thread):
                  stats: PipelineStats, delay: DelayEstimator, stop: threading.Event,
                  idle_image: Callable[[], np.ndarray], on_tick: Callable[[float], None] | None = None,
                  on_sink_error: Callable[[str, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 on_frame: Callable[[VideoFrame, float], None] | None = None):
         super().__init__(name="vcam-pacer", daemon=True)
+        #: observer of each frame the sinks get, and when (the preview, test sync); must be cheap
+        self.on_frame = on_frame
         self.ring, self.windower, self.fps = ring, windower, fps
         self.store, self.sinks, self.stats, self.delay = store, sinks, stats, delay
         self.stop_event = stop
@@ -260,7 +207,7 @@ class Pacer(threading.Thread):
         self.guard = LoopGuard("vcam-pacer", stats)
         self._args = dict(ring=ring, windower=windower, fps=fps, store=store, sinks=sinks, stats=stats, delay=delay,
                           stop=stop, idle_image=idle_image, on_tick=on_tick, on_sink_error=on_sink_error,
-                          clock=clock, sleep=sleep)
+                          clock=clock, sleep=sleep, on_frame=on_frame)
         self._stall_logged_at = -1e18
 
     def respawn(self) -> Pacer:
@@ -371,6 +318,8 @@ class Pacer(threading.Thread):
             self.stats.frames_repeated += 1
         audio = self._audio_until(sample)
         sinks = list(self.sinks)  # the control thread may swap the list meanwhile
+        if self.on_frame is not None:
+            self.on_frame(frame, now)
         delivered = 0
         for sink in sinks:
             try:

@@ -11,7 +11,7 @@ import numpy as np
 
 from vcam_talker.avatar import PreparedAvatar, prepare_avatar
 from vcam_talker.avatar.image import MAX_IMAGE_BYTES
-from vcam_talker.avatar.landmarks import LandmarkDetector
+from vcam_talker.avatar.landmarks import LandmarkDetector, shared_detector
 from vcam_talker.config import ClassicConfig, Config
 from vcam_talker.engines.base import Engine
 from vcam_talker.errors import AvatarError
@@ -85,7 +85,7 @@ class ClassicEngine(Engine):
 
     def detector(self) -> LandmarkDetector:
         if self._detector is None:
-            self._detector = LandmarkDetector(self.config.avatar.landmarks)
+            self._detector = shared_detector(self.config.avatar.landmarks)
         return self._detector
 
     def renderer(self, avatar: PreparedAvatar) -> Renderer:

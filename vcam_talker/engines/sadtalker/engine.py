@@ -11,7 +11,8 @@ One resident object per stage, built once from the checkpoints:
 ``prepare`` stores the crop (cut from the photo itself, :mod:`.source`), the 3DMM row, the
 keypoints and the source feature volume in the avatar cache; ``render`` never touches the
 source image again except for paste-back (:mod:`.composite`). The
-coefficient timeline (lookahead, pose chunks, blinks) lives in :mod:`.timeline`.
+coefficient timeline (lookahead, pose chunks, blinks) lives in :mod:`.timeline`; catch-up
+batches and the warm-up in :mod:`.batch`; precision, memory format and compile in :mod:`.accel`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ from .audio2pose import Audio2Pose
 from .audio_hparams import AudioHParams
 from .checkpoint import load_strict, read_state_dict, split_prefix, training_only_prefixes
 from .face_recon import FaceReconNet, recon_input
+from .accel import compile_cache, compile_fn, precision_name, resolve_precision, use_channels_last
+from .batch import predictions, render_batch, to_uint8, warm_up
 from .composite import Cover, Paste, display
 from .files import check_weights, combined_file, folder_hparams, is_full, mapping_file
 from .generator import OcclusionAwareSPADEGenerator
@@ -145,20 +149,27 @@ class FrameStage:
     B×K×3 -> dict with ``prediction`` B×3×4h×4w in (0, 1) and the intermediates.
     """
 
-    def __init__(self, generator: OcclusionAwareSPADEGenerator, dtype: torch.dtype, compile: bool = False) -> None:
+    def __init__(self, generator: OcclusionAwareSPADEGenerator, dtype: torch.dtype, compile: bool | str = False) -> None:
         self.generator, self.dtype = generator, dtype
         self._fn: Callable[..., dict[str, torch.Tensor]] = self._run
+        self.compiled = bool(compile)
+        # compiled graphs (CUDA graphs above all) are not re-entrant; a swap's warm-up runs in
+        # another thread than the live frames
+        self._lock = threading.Lock()
         if compile:
-            self._fn = torch.compile(self._run, dynamic=False)
+            self._fn = compile_fn(self._run, compile if isinstance(compile, str) else "default")
 
     def _run(self, feature_3d, compressed, kp_source, kp_driving):
         return self.generator.forward_from_features(feature_3d, kp_source, kp_driving, compressed=compressed)
 
     def __call__(self, feature_3d, compressed, kp_source, kp_driving) -> dict[str, torch.Tensor]:
         b = kp_driving.shape[0]
-        kp_s = kp_source.to(self.dtype).expand(b, -1, -1)
-        return self._fn(feature_3d.expand(b, -1, -1, -1, -1), compressed.expand(b, -1, -1, -1, -1), kp_s,
-                        kp_driving.to(self.dtype))
+        kp_s = kp_source.float().expand(b, -1, -1)  # keypoint geometry stays float32 (generator.py)
+        with self._lock:
+            out = self._fn(feature_3d.expand(b, -1, -1, -1, -1), compressed.expand(b, -1, -1, -1, -1), kp_s,
+                           kp_driving.float())
+            # CUDA graphs reuse their output memory on the next replay: copy out under the lock
+            return {k: v.clone() for k, v in out.items()} if self.compiled else out
 
 
 @dataclass
@@ -214,12 +225,16 @@ def load_stages(
     full: bool = False,
     device: str | torch.device = "cpu",
     half: bool = False,
-    compile: bool = False,
+    compile: bool | str = False,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> Stages:
     """Build every stage and fill it strictly from ``layout`` (CheckpointError naming the
-    file on any corrupt file or missing/unexpected key). full: use the coeff-73 MappingNet."""
+    file on any corrupt file or missing/unexpected key). full: use the coeff-73 MappingNet.
+    dtype: the generator's (default float32, float16 with ``half``); compile: False, True or
+    a torch.compile mode; channels_last: NHWC for the 2-D part (:mod:`.accel`)."""
     device = torch.device(device)
-    dtype = torch.float16 if half else torch.float32
+    dtype = dtype or (torch.float16 if half else torch.float32)
     name = layout.combined.name
     state = read_state_dict(layout.combined)
     known = COMBINED_PREFIXES + ((layout.mapping_prefix, "mapping.", "mapping_full.") if layout.mapping_entry is None else ())
@@ -244,6 +259,8 @@ def load_stages(
         if m is not None:
             m.to(device)
     gen.to(device=device, dtype=dtype)
+    if channels_last:
+        use_channels_last(gen)
     return Stages(
         audio=AudioStage(a2e, a2p, device),
         source=SourceStage(kp, gen, recon, device, dtype),
@@ -313,13 +330,15 @@ class SadTalkerEngine(Engine):
         self.head_angles = {"yaw": st.yaw, "pitch": st.pitch, "roll": st.roll}
         if stages is None:
             device = resolve_device(st.device)
-            if st.half and device.type != "cuda":
-                raise EngineError("engine.sadtalker.half: float16 needs a CUDA device; set half: false on CPU")
+            dtype = resolve_precision(precision_name(st), device)
+            if st.compile:
+                compile_cache(config.cache_dir())
             directory = self.weights_dir = check_weights(config)
             layout = WeightLayout(directory / combined_file(st.size), directory / mapping_file(st.preprocess))
             folder = folder_hparams(directory)  # non-official widths (and face size), if declared
             hp = (folder.render, folder.audio) if folder else ()
-            stages = load_stages(layout, *hp, full=self.full, device=device, half=st.half, compile=st.compile)
+            stages = load_stages(layout, *hp, full=self.full, device=device, dtype=dtype,
+                                 compile=st.compile and st.compile_mode, channels_last=st.channels_last)
             self.weights_id = _files_identity([layout.combined, layout.mapping] + ([folder.path] if folder else []))
             face_size = folder.image_size if folder and folder.image_size else st.size
         else:
@@ -337,6 +356,8 @@ class SadTalkerEngine(Engine):
         self._detector = None
         self._contexts: OrderedDict[int, AvatarContext] = OrderedDict()
         self._last: tuple[int, int, np.ndarray] | None = None
+        #: seconds of each warm-up frame of the last ``prepare`` (:func:`.batch.warm_up`)
+        self.warmup_s: list[float] = []
 
     # -- Engine interface -------------------------------------------------------------------
 
@@ -350,9 +371,9 @@ class SadTalkerEngine(Engine):
 
     def detector(self):
         if self._detector is None:
-            from vcam_talker.avatar.landmarks import LandmarkDetector
+            from vcam_talker.avatar.landmarks import shared_detector
 
-            self._detector = LandmarkDetector(self.config.avatar.landmarks)
+            self._detector = shared_detector(self.config.avatar.landmarks)
         return self._detector
 
     def prepare(self, image_path: str | Path) -> PreparedAvatar:
@@ -360,7 +381,7 @@ class SadTalkerEngine(Engine):
         volume, through the cache (:mod:`.source`)."""
         tag = f"{PREP_VERSION}-{self.size}-{self.st.preprocess}-{self.weights_id}"
         mode = self.st.preprocess
-        return prepare_avatar(
+        avatar = prepare_avatar(
             Path(image_path),
             self.config,
             self.name,
@@ -368,6 +389,13 @@ class SadTalkerEngine(Engine):
             detector=self.detector,
             cache_tag=tag,
         )
+        if self.st.warmup_frames:
+            # compilation and cuDNN autotuning happen per shape: warm every frame count up on
+            # CUDA or when compiled; eager on a CPU only initialises oneDNN: one frame does
+            slow_start = self.stages.device.type == "cuda" or self.stages.frame.compiled
+            n = self.st.warmup_frames if slow_start else 1
+            self.warmup_s = warm_up(self, avatar, n, self.st.catch_up_batch if slow_start else 1)
+        return avatar
 
     def context(self, avatar: PreparedAvatar) -> AvatarContext:
         """The avatar's arrays on the device (built once per avatar; two kept for swaps)."""
@@ -404,6 +432,12 @@ class SadTalkerEngine(Engine):
         frame, semantic = self.coefficient_window(window, ctx.coeffs)
         return self._frame(frame, semantic, ctx)
 
+    #: the live worker may hand a backlog of windows to ``render_batch`` (:mod:`.batch`)
+    batch_catch_up = True
+
+    def render_batch(self, windows: list[AudioWindow], avatar: PreparedAvatar) -> list[np.ndarray]:
+        return render_batch(self, windows, avatar)
+
     def render_clip(self, samples: np.ndarray, avatar: PreparedAvatar, fps: int) -> Iterator[np.ndarray]:
         """The offline form: the whole clip's coefficients as the reference computes them
         (remainder pose chunk, end clamping, the short-clip blink rule), then one frame per
@@ -430,12 +464,7 @@ class SadTalkerEngine(Engine):
 
     def render_face(self, semantic: np.ndarray, ctx: AvatarContext) -> np.ndarray:
         """The face crop for one C×27 semantic window: size×size×3 uint8."""
-        window = torch.from_numpy(semantic)[None]
-        with torch.inference_mode():
-            kp_driving = self.stages.motion(window, ctx.kp_canonical, **self.head_angles)
-            pred = self.stages.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_driving)["prediction"]
-            img = (pred[0].float().clamp(0, 1) * 255).round().to(torch.uint8)
-        return img.permute(1, 2, 0).cpu().numpy()
+        return to_uint8(predictions(self, semantic[None], ctx))[0]
 
     def compose(self, face: np.ndarray, ctx: AvatarContext) -> np.ndarray:
         """'full'/'extfull': paste the face into the framed photo (feathered, colour-matched

@@ -95,15 +95,20 @@ class DenseMotionNetwork(nn.Module):
         """
         b, c, d, h, w = compressed.shape
         k1 = self.num_kp + 1
+        # under half precision the coordinate grids, Gaussians and warps stay float32: an 8-bit
+        # mantissa (bfloat16) moves a grid point by up to 1/128 of the volume (no-ops in float32)
+        dt = compressed.dtype
+        kp_source, kp_driving = kp_source.float(), kp_driving.float()
         motions = self.sparse_motions(compressed.shape, kp_source, kp_driving)
-        repeated = compressed.unsqueeze(1).expand(b, k1, c, d, h, w).reshape(b * k1, c, d, h, w)
+        repeated = compressed.float().unsqueeze(1).expand(b, k1, c, d, h, w).reshape(b * k1, c, d, h, w)
         deformed = grid_sample_3d(repeated, motions.reshape(b * k1, d, h, w, 3)).view(b, k1, c, d, h, w)
         heat = self.heatmaps(compressed.shape, kp_source, kp_driving)
         # per-keypoint channels are [heatmap, compressed features], i.e. channel index k*(C+1)+c
-        net_in = torch.cat([heat, deformed], dim=2).view(b, -1, d, h, w)
+        net_in = torch.cat([heat, deformed], dim=2).view(b, -1, d, h, w).to(dt)
         prediction = self.hourglass(net_in)
 
-        mask = F.softmax(self.mask(prediction), dim=1)
+        # float32 under half precision: a softmax over K+1 logits loses the small weights first
+        mask = F.softmax(self.mask(prediction).float(), dim=1)
         out = {"mask": mask}
         # the reference zeroes tiny weights without renormalising; this moves the output visibly
         cut = torch.where(mask < self.mask_threshold, torch.zeros_like(mask), mask)
@@ -227,7 +232,7 @@ class OcclusionAwareSPADEGenerator(nn.Module):
             compressed = self.compress_source(feature_3d)
         out = self.dense_motion_network.forward_compressed(compressed, kp_source, kp_driving)
         # the warp grid and the feature volume have the same DxH'xW' by construction
-        warped = grid_sample_3d(feature_3d, out["deformation"])
+        warped = grid_sample_3d(feature_3d.float(), out["deformation"]).to(feature_3d.dtype)
         b, c, d, h, w = warped.shape
         x = self.fourth(self.third(warped.view(b, c * d, h, w)))
         occlusion = out.get("occlusion_map")

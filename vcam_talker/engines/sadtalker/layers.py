@@ -115,7 +115,10 @@ class DownBlock3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: BxCinxDxHxW -> BxCoutxDx(H/2)x(W/2)."""
-        return F.avg_pool3d(F.relu(self.norm(self.conv(x))), (1, 2, 2))
+        y = F.relu(self.norm(self.conv(x)))
+        if y.dtype == torch.bfloat16 and y.device.type == "cpu":  # no CPU bfloat16 avg_pool3d kernel
+            return F.avg_pool3d(y.float(), (1, 2, 2)).to(y.dtype)
+        return F.avg_pool3d(y, (1, 2, 2))
 
 
 class UpBlock3d(nn.Module):
@@ -302,7 +305,7 @@ class SPADE(nn.Module):
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         """x: BxCxHxW, seg: BxLxH'xW' -> BxCxHxW."""
-        normalized = self.param_free_norm(x)
+        normalized = self.param_free_norm(x.float()).to(x.dtype)  # float32 statistics under half precision
         if seg.shape[2:] != x.shape[2:]:
             seg = F.interpolate(seg, size=x.shape[2:], mode="nearest")
         actv = self.mlp_shared(seg)

@@ -37,6 +37,7 @@ from .audio2pose import SEMANTIC_RADIUS, smooth_pose
 from .mel import MelFrontend, window_start
 from .presets import TimelineParams
 from .randomness import Latents
+from .rowcache import RowCache
 
 #: coefficient frames of state kept behind the newest one when streaming
 _HISTORY = 160
@@ -130,6 +131,7 @@ class CoefficientTimeline:
         self._mbase = 0
         self._decode_ends: list[int] = []
         self._z_first = self._z_next
+        self._rows = RowCache()  # final rows of window(); cleared where values are redone
 
     @property
     def num_frames(self) -> int | None:
@@ -223,6 +225,7 @@ class CoefficientTimeline:
             f_bad -= 1
         keep = max(0, f_bad - self._base)
         del self._exp_emb[keep:], self._pose_emb[keep:], self._ratio[keep:]
+        self._rows.clear()
         ends = [e for e in self._decode_ends if e < f_bad]
         self._decode_ends = ends
         top = ends[-1] if ends else 0
@@ -324,6 +327,7 @@ class CoefficientTimeline:
             del self._motion[:mdrop]
             self._mbase += mdrop
         del self._decode_ends[: max(0, len(self._decode_ends) - 8)]
+        self._rows.drop_before(self._base)
         need_mel = max(0, window_start(self._base, self.p.mel))
         mdrop = min(need_mel - self._m0, len(self._mel))
         if mdrop > 0:
@@ -413,7 +417,26 @@ class CoefficientTimeline:
         rows = np.clip(np.arange(k - SEMANTIC_RADIUS, k + SEMANTIC_RADIUS + 1), 0, top)
         rows = np.maximum(rows, self._base)
         pose_rows = np.maximum(rows - self.p.pose_delay, 0)
-        return np.ascontiguousarray(self.coefficients(rows, source, pose_rows).T)
+        return np.ascontiguousarray(self._window_rows(rows, source, pose_rows).T)
+
+    def _window_rows(self, rows: np.ndarray, source: SourceCoeffs, pose_rows: np.ndarray) -> np.ndarray:
+        """:meth:`coefficients` through the row cache: a row is kept once final (expression:
+        once embedded; pose: once its 13-frame smoothing reads only decoded rows, the start's
+        edge fit included; both until the clip's end redoes them)."""
+        c = self._rows
+        c.use(source)
+        exp = c.rows(c.exp, rows, lambda r: self.expression(r, source), lambda r: True)
+        if self.p.still:
+            pose = np.repeat(source.ref_pose[None], len(rows), 0).astype(np.float32)
+        else:
+            top, t = self.pose_ready, self.num_frames
+            final = top if t is not None and top == t - 1 else (top - 6 if top >= 12 else -1)
+            if final >= 0:  # a row not final yet holds the newest final one (smoothed_pose)
+                pose_rows = np.clip(pose_rows, max(0, self._mbase), final)
+            pose = c.rows(c.pose, pose_rows, lambda r: self.smoothed_pose(r, source.ref_pose),
+                          lambda r: r <= final and (r < 6 or r - 6 >= self._mbase))
+        parts = [exp, pose] + ([np.repeat(source.crop[None], len(rows), 0)] if source.crop is not None else [])
+        return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------

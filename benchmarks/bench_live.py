@@ -100,7 +100,9 @@ def one_run(n: int, args, env: dict, tmp: Path, wav: Path, crop) -> dict:
     run_dir.mkdir()
     secs = args.seconds + 60
     mic_ring, src_ring = AudioRing(RATE, secs), AudioRing(RATE, secs)
-    with AudioCapture("vcam_mic_monitor", mic_ring), AudioCapture("vcam_in_monitor", src_ring), \
+    # deep buffers: the recordings must not lose samples to the load they measure
+    with AudioCapture("vcam_mic_monitor", mic_ring, latency=0.2) as mic_cap, \
+            AudioCapture("vcam_in_monitor", src_ring, latency=0.2) as src_cap, \
             DaemonProc(run_dir, cfg, env=env, extra_env={"VCAM_RECORD_CROP": ",".join(map(str, crop))}) as d:
         d.started()
         settle(d)
@@ -123,6 +125,10 @@ def one_run(n: int, args, env: dict, tmp: Path, wav: Path, crop) -> dict:
     meta = np.load(d.record)["meta"]
     keep = times >= src_t0
     run = LiveRun(times[keep], frames[keep], mic, mic_t0, src, src_t0, after)
+    if args.keep_audio:
+        args.keep_audio.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.keep_audio / f"load{n}.npz", mic=mic, src=src, mic_t0=mic_t0, src_t0=src_t0,
+                            times=times[keep])
     src_on, mic_on = src_t0 + onsets(envelope(src)), mic_t0 + onsets(envelope(mic))
     k = min(len(src_on), len(mic_on))
     speaking = (times >= src_t0) & (times <= w1)
@@ -132,7 +138,14 @@ def one_run(n: int, args, env: dict, tmp: Path, wav: Path, crop) -> dict:
             "repeated_recorded": int(meta[keep & (meta[:, 4] >= 0)][:, 4].sum()) if len(meta) == len(times) else -1,
             "latency_ms": ((mic_on[:k] - src_on[:k]) * 1e3).tolist(),
             "daemon_cpu_pct": 100 * (c1 - c0) / (w1 - w0), "busy_cpu_pct": 100 * busy_cpu / (w1 - w0 + 2.5),
-            "errors": [ln for _, ln in d.lines if ": ERROR:" in ln], "status_after": after}
+            "errors": [ln for _, ln in d.lines if ": ERROR:" in ln], "status_after": after,
+            # samples lost before anyone could play them: the daemon's capture, and this
+            # script's own two recordings (a loss there is the benchmark's, not the daemon's)
+            "daemon_capture_overflows": after.get("capture", {}).get("overflows", 0)
+            - before.get("capture", {}).get("overflows", 0),
+            "recorder_overflows": mic_cap.stats.overflows + src_cap.stats.overflows,
+            "hiccups": after.get("playback", {}).get("hiccups", 0),
+            "audio_log": [ln for _, ln in d.lines if "reopened" in ln or "headroom" in ln]}
 
 
 def rows_for(r: dict) -> list[tuple[str, float, str]]:
@@ -149,6 +162,8 @@ def rows_for(r: dict) -> list[tuple[str, float, str]]:
         ("playback lost_samples", float(c["lost_samples"]), "samples"),
         ("playback underflows", float(c["underflows"]), "count"),
         ("playback resyncs", float(c["resyncs"]), "count"),
+        ("daemon capture overflows", float(r.get("daemon_capture_overflows", 0)), "count"),
+        ("this script's recorder overflows", float(r.get("recorder_overflows", 0)), "count"),
         ("latency p50 (onset vcam_in -> vcam_mic)", float(np.median(lat)), "ms"),
         ("A/V offset per utterance, median", av["median_ms"], "ms"),
         ("A/V offset per utterance, worst", av["worst_ms"], "ms"),
@@ -175,6 +190,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep-audio", type=Path, help="folder for each run's recordings (npz), to study a loss")
     args = ap.parse_args()
     loads = [int(x) for x in args.load.split(",")]
     kind = "pulseaudio" if args.server == "pulse" else "pipewire"

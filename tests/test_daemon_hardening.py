@@ -89,8 +89,8 @@ def test_sigstop_30s_then_continue(tmp_path, pulse_server):
     cfg = base_config(free_port(), audio={"input": "demo", "output": "vcam_mic_sink"})
     with DaemonProc(tmp_path, cfg, env=pulse_server.env) as d:
         d.started()
-        time.sleep(3.0)  # the delay estimator's first measured value replaces its initial guess
-        before = _settled(d, timeout=20)
+        # the measured delay replaces the initial guess in the pauses of the speech
+        before = _settled(d, timeout=30)
         t_stop = time.monotonic()
         os.kill(d.proc.pid, signal.SIGSTOP)
         time.sleep(30.0)
@@ -100,7 +100,16 @@ def test_sigstop_30s_then_continue(tmp_path, pulse_server):
         after = _settled(d, timeout=10, fresh_after=t_cont)
         t_settled = time.monotonic()
         time.sleep(2.0)
-        st = d.status()
+        # the first fresh measurements after a resume run a little high (cold caches, the
+        # engine catching up): they stay in the 10 s percentile window, then the delay falls
+        # back in the pauses, 10 % of the excess a second (5 s quiet, 27 s under --load 1)
+        deadline = time.monotonic() + 45.0
+        while True:
+            st = d.status()
+            if abs(st["delay_ms"] - before["delay_ms"]) <= 30.0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        t_restored = time.monotonic()
         assert d.alive()
         d.terminate()
     times, frames = d.frames()
@@ -115,11 +124,12 @@ def test_sigstop_30s_then_continue(tmp_path, pulse_server):
           f"then {rate:.2f} fps; A/V offset {before['av_offset_ms']} ms before, {after['av_offset_ms']} ms "
           f"{t_settled - t_cont:.1f} s after; audio delay {before['audio_delay_ms']} -> {st['audio_delay_ms']} ms "
           f"(video delay {before['delay_ms']} -> {st['delay_ms']} ms); status stalls {st['stalls']}, "
-          f"last {st['last_stall_s']} s, playback resyncs {st['playback']['resyncs']}; log: {line}")
+          f"last {st['last_stall_s']} s, playback resyncs {st['playback']['resyncs']}; delay back within 30 ms "
+          f"{t_restored - t_cont:.1f} s after SIGCONT; log: {line}")
     assert 29.0 <= st["last_stall_s"] <= 40.0 and st["stalls"] >= 1
     assert st["fps"] >= 0.9 * FPS and rate >= 0.95 * FPS
     assert abs(st["av_offset_ms"]) <= 15.0
-    assert abs(st["delay_ms"] - before["delay_ms"]) <= 30.0  # the measured delay, not the stall
+    assert abs(st["delay_ms"] - before["delay_ms"]) <= 30.0  # the measured delay, not the stall (30 s)
     assert abs(st["audio_delay_ms"] - before["audio_delay_ms"]) <= 30.0
     assert st["input"] == "demo" and st["output"] == "ok"
     assert d.count("audio output lost") == 0  # the stall was ours, not the device's
@@ -128,12 +138,14 @@ def test_sigstop_30s_then_continue(tmp_path, pulse_server):
 
 
 def _settled(d: DaemonProc, timeout: float, fresh_after: float = 0.0) -> dict:
-    """The status once the delayed mic is within 10 ms of its target."""
+    """The status once the delay has reached what the estimator wants (it moves only in
+    pauses, 40 ms at most per pause) and the delayed mic is within 10 ms of it."""
     deadline = time.monotonic() + timeout
     st: dict = {}
     while time.monotonic() < deadline:
         st = d.status()
-        if "av_offset_ms" in st and abs(st["av_offset_ms"]) <= 10.0 and time.monotonic() > fresh_after:
+        if ("av_offset_ms" in st and abs(st["av_offset_ms"]) <= 10.0 and time.monotonic() > fresh_after
+                and st["delay_measured"] and abs(st["delay_ms"] - st["delay_wanted_ms"]) <= 5.0):
             return st
         time.sleep(0.2)
     raise AssertionError(f"A/V offset did not settle: {st}")

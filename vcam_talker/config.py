@@ -140,11 +140,10 @@ class StatusConfig:
 
 @dataclass
 class ControlConfig:
-    """The control server (on ``status.http``): its token and the avatar folder it manages."""
+    """The control server (on ``status.http``). Empty ``token``: the per-install token file
+    ($XDG_STATE_HOME/vcam-talker/token); empty ``avatars_dir``: $XDG_DATA_HOME/vcam-talker/avatars."""
 
-    #: empty: the per-install token file ($XDG_STATE_HOME/vcam-talker/token)
     token: str = _f("")
-    #: empty: $XDG_DATA_HOME/vcam-talker/avatars (~/.local/share/vcam-talker/avatars)
     avatars_dir: str = _f("")
 
 

@@ -6,12 +6,12 @@ thread, which owns every change after start."""
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import threading
 from pathlib import Path
 
 from vcam_talker import config as config_mod
+from vcam_talker import memory
 from vcam_talker import reload_plan
 from vcam_talker.config import Config
 from vcam_talker.engines import create_engine
@@ -95,7 +95,8 @@ class Reloads:
             self._start_status_server()
         if self.config_path is not None and self._watcher is not None:
             self._watch_avatar()
-        gc.freeze()  # the new engine and avatar are long-lived too (see start)
+        heap = memory.settle()  # the old engine and avatar freed, the new ones frozen
+        log.debug("after the reload: %s", heap)
         done = p.describe()
         log.info("reloaded (%s): %s", reason, ", ".join(done) if done else "no change that needs a restart")
         return done

@@ -22,6 +22,9 @@ def status(d: Daemon) -> dict:
     health = d.supervisor.view(now)
     sinks = {name: h for name, h in health.items() if name not in ("input", "output")}
     s.update({"delay_ms": round(d.delay.value * 1e3, 1),
+              # where the delay is heading; it moves to it in the next pauses
+              "delay_wanted_ms": round(d.delay.wanted * 1e3, 1),
+              "delay_measured": d.delay.measured,
               # delay changes wait for a pause; these were made inside speech
               "delay_changes_forced": d.delay.forced,
               # measured at start: what this machine sustains with the engine and size
@@ -46,7 +49,7 @@ def status(d: Daemon) -> dict:
         s["playback"] = {"speed": round(ps.speed, 4), "inserted_frames": ps.inserted_frames,
                          "removed_samples": ps.removed_samples, "underflows": ps.underflows,
                          "lost_samples": ps.lost_samples, "resyncs": ps.resyncs,
-                         "dry_blocks": ps.dry_blocks}
+                         "dry_blocks": ps.dry_blocks, "hiccups": ps.hiccups, "dry_waits": ps.dry_waits}
     parts = latency_parts(d.audio_delay(), d.windower.spec.after_s, d.ring.arrival_lag, d.delay.median_ready())
     if parts is not None:  # the audio delay split up; the parts sum to the total
         s["latency_ms"] = parts.as_ms()

@@ -21,51 +21,17 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from vcam_talker.audio.capture import StreamResampler, close_stream, import_sounddevice, pick_channels, pick_rate, resolve_device
-from vcam_talker.audio.ring import AudioRing, RingRangeError
+from vcam_talker.audio.capture import close_stream, import_sounddevice, pick_channels, pick_rate, resolve_device
+from vcam_talker.audio.dsp import StreamResampler
+from vcam_talker.audio.ring import AudioRing
+from vcam_talker.audio.splice import ring_peak, silent_around, silent_run
+from vcam_talker.audio.stats import PlaybackStats
 from vcam_talker.errors import DeviceError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PlaybackStats:
-    """Counters of a :class:`DelayedPlayback` (a snapshot).
-
-    underflows: output underflows reported by PortAudio (the callback came too late).
-    starved_frames: device frames of silence played because the ring had no samples yet.
-    inserted_frames: device frames of silence inserted to lengthen the delay.
-    removed_samples: ring samples of silence skipped to shorten the delay.
-    lost_samples: ring samples overwritten before they could be played (delay > capacity).
-    callbacks: PortAudio callbacks served.
-    speed: current resampling speed (1.0 = none; 1.01 plays 1 % faster).
-    device_latency_s: time from a callback to its first frame at the DAC.
-    errors: callbacks that failed (they played silence); see DelayedPlayback.error.
-    resyncs: jumps to the target after a stall (their samples count in lost_samples).
-    dry_blocks: blocks, once playing, that found the ring short (the input came later
-        than the delay allows).
-    hiccups: dry blocks and underflows after the first 2 s of playing: scheduling
-        hiccups the daemon answers with more headroom (vcam_talker/audio/headroom.py).
-    latency_s: the PortAudio output latency the stream was opened with.
-    """
-
-    underflows: int = 0
-    starved_frames: int = 0
-    inserted_frames: int = 0
-    removed_samples: int = 0
-    lost_samples: int = 0
-    callbacks: int = 0
-    speed: float = 1.0
-    device_latency_s: float = float("nan")
-    errors: int = 0
-    resyncs: int = 0
-    dry_blocks: int = 0
-    hiccups: int = 0
-    latency_s: float = float("nan")
 
 
 class DelayedPlayback:
@@ -92,6 +58,14 @@ class DelayedPlayback:
 
     #: a delay this much (s) above the target is a stall to jump over, not an error to glide out
     RESYNC_S = 1.0
+    #: After the whole process stalled (the CPU saturated, the GIL with a descheduled
+    #: thread), PortAudio's output callbacks catch up in a burst, often a millisecond
+    #: before the capture worker writes its own backlog: a block due tens of ms later
+    #: found the ring dry and played a gap inside a word. It now waits for the input, up
+    #: to DRY_WAIT_S and only while DRY_MARGIN_S of the block's lead time is left (the
+    #: output buffer still holds that much); the wait releases the GIL.
+    DRY_WAIT_S = 0.01
+    DRY_MARGIN_S = 0.02
 
     def __init__(self, device: int | str | None, ring: AudioRing, *, target_delay: float = 0.15,
                  trim_s: float = 0.0, block_ms: float = 10.0, samplerate: float | None = None,
@@ -190,9 +164,9 @@ class DelayedPlayback:
             end = self.ring.end
             if end - p < int(0.15 * self.ring.sample_rate):
                 return False
-            peak = self._peak(p - h, end)
+            peak = ring_peak(self.ring, p - h, end)
         else:
-            peak = self._peak(p - h, p + int(ahead_s * self.ring.sample_rate) + h)
+            peak = ring_peak(self.ring, p - h, p + int(ahead_s * self.ring.sample_rate) + h)
         return peak is not None and peak < self.silence
 
     #: test sync (vcam_talker/web/syncprobe.py): see mark_click
@@ -321,13 +295,14 @@ class DelayedPlayback:
 
         filled = 0
         spliced = False
-        if residual < -self._splice_tol and self._silent_around(p_before):
+        guard = rs.half_taps + self._margin  # silence needed each side of a splice
+        if residual < -self._splice_tol and silent_around(ring, p_before, guard, self.silence):
             filled = min(frames, int(round(-residual * self.device_rate)))
             est += filled / self.device_rate
             spliced = True
             self._count(inserted=filled)
         elif residual > self._splice_tol:
-            run = self._silent_run(p_before, int(residual * ring.sample_rate), rs.half_taps)
+            run = silent_run(ring, p_before, int(residual * ring.sample_rate), guard, self.silence)
             if run > 0:
                 rs.skip(run)
                 est -= run / ring.sample_rate
@@ -356,6 +331,11 @@ class DelayedPlayback:
         n = frames - filled
         need = rs.input_needed(n)
         start = rs.next_input_index
+        if ring.end < start + need:
+            budget = min(self.DRY_WAIT_S, dac_time - time.monotonic() - self.DRY_MARGIN_S)
+            if budget > 0 and ring.wait_for(start + need, timeout=budget):
+                with self._lock:
+                    self._stats.dry_waits += 1
         have = max(0, min(need, ring.end - start))
         p_out = rs.position  # the ring position out[filled] plays (test sync's click needs it)
         y = rs.process(ring.read(start, have), max_out=n)
@@ -393,39 +373,3 @@ class DelayedPlayback:
             if jump > 0:
                 rs.skip(jump)
                 self._count(lost=int(jump))
-
-    def _peak(self, a: int, b: int) -> float | None:
-        """Peak |x| of ring samples [a, b), or None when they are not all held."""
-        ring = self.ring
-        if b > ring.end or max(a, 0) < ring.start:
-            return None
-        try:
-            x = ring.read(a, b - a)
-        except RingRangeError:
-            return None
-        return float(np.abs(x).max()) if len(x) else 0.0
-
-    def _silent_around(self, p: float) -> bool:
-        """True when the audio around position ``p`` is silent (insertion point)."""
-        h = self._rs.half_taps + self._margin
-        peak = self._peak(int(math.floor(p)) - h, int(math.floor(p)) + h + 1)
-        return peak is not None and peak < self.silence
-
-    def _silent_run(self, p: float, want: int, half_taps: int) -> int:
-        """How many samples after ``p`` (at most ``want``) can be skipped in silence."""
-        if want <= 0:
-            return 0
-        ring = self.ring
-        h = half_taps + self._margin
-        a = int(math.floor(p)) - h
-        b = min(int(math.floor(p)) + want + h + 1, ring.end)
-        if b - a <= 2 * h or max(a, 0) < ring.start:
-            return 0
-        try:
-            x = ring.read(a, b - a)
-        except RingRangeError:
-            return 0
-        loud = np.flatnonzero(np.abs(x) >= self.silence)
-        first_loud = int(loud[0]) if len(loud) else len(x)
-        run = min(want, first_loud - 2 * h)
-        return run if run >= 16 else 0  # a handful of samples is not worth a splice

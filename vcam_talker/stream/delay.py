@@ -105,6 +105,11 @@ class DelayEstimator:
             return self.wanted
 
     @property
+    def measured(self) -> bool:
+        """``wanted`` comes from measurements (not the initial guess, nor from before a stall)."""
+        return self._settled
+
+    @property
     def pending(self) -> bool:
         """A change waits to be applied."""
         return self.wanted != self.value

@@ -22,19 +22,22 @@ A clip fed whole and ended therefore *is* the reference's offline chain
 ``lookahead`` frames after the shown one may be read, rows past it repeat the newest
 allowed one, and a pose row that is not final yet holds the newest final one (or the pose
 trails by ``pose_delay`` frames, so the shown pose is always final).
+
+The pose decodes and smoothing are in :mod:`.pose_track`; the inputs in :mod:`.coeffs`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from .audio2pose import SEMANTIC_RADIUS, smooth_pose
+from .audio2pose import SEMANTIC_RADIUS
+from .coeffs import AudioNets, SourceCoeffs
 from .mel import MelFrontend, window_start
+from .pose_track import PoseTrack
 from .presets import TimelineParams
 from .randomness import Latents
 from .rowcache import RowCache
@@ -43,46 +46,12 @@ from .rowcache import RowCache
 _HISTORY = 160
 
 
-class AudioNets(Protocol):
-    """What the timeline needs from the audio stage (see ``engine.AudioStage``)."""
-
-    seq_len: int
-
-    def exp_embed(self, mels: torch.Tensor) -> torch.Tensor: ...  # N×80×16 -> N×c4
-
-    def exp_head(self, emb: torch.Tensor, ref_exp: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor: ...
-
-    def pose_embed(self, mels: torch.Tensor) -> torch.Tensor: ...  # N×80×16 -> N×c4
-
-    def pose_decode(self, emb: torch.Tensor, ref_pose: torch.Tensor, style: int, z: torch.Tensor) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class SourceCoeffs:
-    """The per-avatar inputs of the timeline. ref_exp 64, ref_pose 6 (angle ‖ trans),
-    crop: (s, tx, ty) appended to every row in 'full' mode, else None."""
-
-    ref_exp: np.ndarray
-    ref_pose: np.ndarray
-    crop: np.ndarray | None = None
-
-    @classmethod
-    def from_row(cls, coeff73: np.ndarray, full: bool) -> SourceCoeffs:
-        c = np.asarray(coeff73, np.float32).reshape(-1)
-        return cls(c[:64].copy(), c[64:70].copy(), c[70:73].copy() if full else None)
-
-    def source_window(self, radius: int = SEMANTIC_RADIUS) -> np.ndarray:
-        """The source's semantic window: its coefficient row repeated. C×(2r+1), C = 70 or 73."""
-        row = np.concatenate([self.ref_exp, self.ref_pose] + ([self.crop] if self.crop is not None else []))
-        return np.repeat(row[:, None], 2 * radius + 1, axis=1).astype(np.float32)
-
-
 # --------------------------------------------------------------------------------------------
 # The timeline
 # --------------------------------------------------------------------------------------------
 
 
-class CoefficientTimeline:
+class CoefficientTimeline(PoseTrack):
     """Audio in, semantic windows out; see the module docstring.
 
     Stream samples are counted from the start of the stream; the timeline's clip starts at
@@ -142,11 +111,6 @@ class CoefficientTimeline:
     def frames_ready(self) -> int:
         """Clip frames with embeddings: frames below this index."""
         return self._base + len(self._exp_emb)
-
-    @property
-    def pose_ready(self) -> int:
-        """The newest clip frame with decoded (raw) head motion."""
-        return self._mbase + len(self._motion) - 1
 
     @property
     def samples(self) -> np.ndarray:
@@ -226,10 +190,7 @@ class CoefficientTimeline:
         keep = max(0, f_bad - self._base)
         del self._exp_emb[keep:], self._pose_emb[keep:], self._ratio[keep:]
         self._rows.clear()
-        ends = [e for e in self._decode_ends if e < f_bad]
-        self._decode_ends = ends
-        top = ends[-1] if ends else 0
-        del self._motion[max(1, top + 1 - self._mbase) :]
+        self._drop_decodes_from(f_bad)
         self._advance()
 
     def _advance(self) -> None:
@@ -282,38 +243,6 @@ class CoefficientTimeline:
                 self._pose_emb.extend(self.nets.pose_embed(mels))
         self._ratio.extend(float(self._ratio_fn(self.origin_frame + f)) for f in todo)
 
-    def _advance_pose(self) -> None:
-        if self.p.still:
-            return
-        hop, seq, t = self.p.pose_chunk, self.nets.seq_len, self.num_frames
-        ref_pose = torch.from_numpy(self._ref_pose)
-        while True:
-            done = self.pose_ready
-            nxt = (done // hop + 1) * hop
-            if nxt < self.frames_ready and (t is None or nxt <= t - 1):
-                last = nxt
-            elif t is not None and done < t - 1:
-                last = t - 1  # the remainder decode
-            else:
-                return
-            first = max(1, last - seq + 1)
-            emb = torch.stack(self._pose_emb[first - self._base : last + 1 - self._base])
-            if len(emb) < seq:
-                emb = torch.cat([emb[:1].expand(seq - len(emb), -1), emb])
-            z = self._z_first + (last - 1) // seq  # one latent per 32 frames, as the reference
-            with torch.inference_mode():
-                out = self.nets.pose_decode(emb, ref_pose, self.p.style, self.latents(z)).numpy()
-            keep = last - done
-            rows = out[seq - keep :].copy()
-            if hop < seq and done >= first and done > 0:
-                # a shorter hop re-decodes overlapping frames: join the new rows to the old path
-                delta = self._motion[-1] - out[seq - 1 - keep]
-                rows += delta[None] * (1 - np.arange(1, keep + 1, dtype=np.float32)[:, None] / (keep + 1))
-            self._motion.extend(rows.astype(np.float32))
-            self._decode_ends.append(last)
-            self.decodes += 1
-            self._z_next = max(self._z_next, z + 1)
-
     def _trim(self) -> None:
         keep_from = self.frames_ready - _HISTORY
         drop = keep_from - self._base
@@ -322,11 +251,7 @@ class CoefficientTimeline:
             if not self.p.still:
                 del self._pose_emb[:drop]
             self._base += drop
-        mdrop = min(keep_from - self._mbase, len(self._motion) - 1)
-        if mdrop > 0:
-            del self._motion[:mdrop]
-            self._mbase += mdrop
-        del self._decode_ends[: max(0, len(self._decode_ends) - 8)]
+        self._trim_pose(keep_from)
         self._rows.drop_before(self._base)
         need_mel = max(0, window_start(self._base, self.p.mel))
         mdrop = min(need_mel - self._m0, len(self._mel))
@@ -360,39 +285,6 @@ class CoefficientTimeline:
         with torch.inference_mode():
             exp = self.nets.exp_head(emb, torch.from_numpy(source.ref_exp)[None].expand(len(uniq), -1), ratio)
         return (exp.numpy() * np.float32(self.p.expression_scale))[inv]
-
-    @property
-    def decode_ends(self) -> list[int]:
-        """The last clip frame of each pose decode (the newest few when streaming)."""
-        return list(self._decode_ends)
-
-    def pose_embeddings(self, rows: np.ndarray) -> torch.Tensor:
-        """audio2pose encoder outputs of clip frames ``rows`` (held): N×c4."""
-        return torch.stack([self._pose_emb[r - self._base] for r in rows])
-
-    def raw_pose(self, rows: np.ndarray, ref_pose: np.ndarray) -> np.ndarray:
-        """ref pose + decoded motion of clip frames ``rows``: N×6 float32."""
-        return (ref_pose[None] + np.stack([self._motion[r - self._mbase] for r in rows])).astype(np.float32)
-
-    def smoothed_pose(self, rows: np.ndarray, ref_pose: np.ndarray) -> np.ndarray:
-        """Smoothed pose of clip frames ``rows``: N×6. A row that is not final yet (its smoothing
-        reads undecoded rows) holds the newest final one."""
-        rows = np.asarray(rows)
-        if self.p.still:
-            return np.repeat(ref_pose[None], len(rows), 0).astype(np.float32)
-        top, t = self.pose_ready, self.num_frames
-        ended = t is not None and top == t - 1
-        final = top if ended else (top - 6 if top >= 12 else -1)
-        if final < 0:  # too few rows for the 13-frame filter: hold the first pose
-            return np.repeat(self.raw_pose(np.array([0]), ref_pose), len(rows), 0)
-        want = np.clip(rows, max(0, self._mbase), final)
-        lo, hi = max(int(want.min()) - 6, self._mbase), min(int(want.max()) + 6, top)
-        if lo < 6:  # the first rows come from the edge fit over rows 0..12
-            lo, hi = 0, max(hi, min(12, top))
-        if ended and hi > top - 6:  # and the last rows from the fit over the last 13
-            hi, lo = top, max(0, min(lo, top - 12))
-        smooth = smooth_pose(self.raw_pose(np.arange(lo, hi + 1), ref_pose))
-        return smooth[want - lo]
 
     def coefficients(self, rows: np.ndarray, source: SourceCoeffs, pose_rows: np.ndarray | None = None) -> np.ndarray:
         """Coefficient rows (exp ‖ pose [‖ crop]) of clip frames ``rows``: N×C float32.
@@ -429,12 +321,7 @@ class CoefficientTimeline:
         if self.p.still:
             pose = np.repeat(source.ref_pose[None], len(rows), 0).astype(np.float32)
         else:
-            top, t = self.pose_ready, self.num_frames
-            final = top if t is not None and top == t - 1 else (top - 6 if top >= 12 else -1)
-            if final >= 0:  # a row not final yet holds the newest final one (smoothed_pose)
-                pose_rows = np.clip(pose_rows, max(0, self._mbase), final)
-            pose = c.rows(c.pose, pose_rows, lambda r: self.smoothed_pose(r, source.ref_pose),
-                          lambda r: r <= final and (r < 6 or r - 6 >= self._mbase))
+            pose = self._cached_pose(pose_rows, source)
         parts = [exp, pose] + ([np.repeat(source.crop[None], len(rows), 0)] if source.crop is not None else [])
         return np.concatenate(parts, axis=1).astype(np.float32)
 

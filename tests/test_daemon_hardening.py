@@ -97,12 +97,12 @@ def test_sigstop_30s_then_continue(tmp_path, pulse_server):
         t_cont = time.monotonic()
         os.kill(d.proc.pid, signal.SIGCONT)
         _, line = d.wait_for("stalled for", since=t_cont, timeout=10)
-        after = _settled(d, timeout=10, fresh_after=t_cont)
+        after = _settled(d, timeout=20, fresh_after=t_cont)  # a change waits for a pause (MAX_WAIT_S 8)
         t_settled = time.monotonic()
         time.sleep(2.0)
         # the first fresh measurements after a resume run a little high (cold caches, the
         # engine catching up): they stay in the 10 s percentile window, then the delay falls
-        # back in the pauses, 10 % of the excess a second (5 s quiet, 27 s under --load 1)
+        # back in the pauses, 10 % of the excess a second (7 s quiet, 6-12 s under --load 1)
         deadline = time.monotonic() + 45.0
         while True:
             st = d.status()
@@ -123,7 +123,8 @@ def test_sigstop_30s_then_continue(tmp_path, pulse_server):
     print(f"\nSIGSTOP {t_cont - t_stop:.1f} s: first frame {1e3 * (resumed[0] - t_cont):.0f} ms after SIGCONT, "
           f"then {rate:.2f} fps; A/V offset {before['av_offset_ms']} ms before, {after['av_offset_ms']} ms "
           f"{t_settled - t_cont:.1f} s after; audio delay {before['audio_delay_ms']} -> {st['audio_delay_ms']} ms "
-          f"(video delay {before['delay_ms']} -> {st['delay_ms']} ms); status stalls {st['stalls']}, "
+          f"(video delay {before['delay_ms']} -> {st['delay_ms']} ms, audio headroom {before['audio_headroom_ms']} -> "
+          f"{st['audio_headroom_ms']} ms); status stalls {st['stalls']}, "
           f"last {st['last_stall_s']} s, playback resyncs {st['playback']['resyncs']}; delay back within 30 ms "
           f"{t_restored - t_cont:.1f} s after SIGCONT; log: {line}")
     assert 29.0 <= st["last_stall_s"] <= 40.0 and st["stalls"] >= 1

@@ -8,18 +8,20 @@ from vcam_talker.audio import headroom as hr
 from vcam_talker.audio.headroom import Headroom, output_latency, reopen_wanted, step
 
 
-@pytest.mark.parametrize("before, dry, now, extra", [
-    (Headroom(), 0, 10.0, 0.0),                                   # quiet: nothing
-    (Headroom(), 3, 10.0, hr.STEP_S),                             # the ring ran dry: raise
-    (Headroom(0.04, 3, 5.0, 2), 7, 10.0, 0.06),                   # again
-    (Headroom(hr.MAX_S, 3, 5.0, 9), 9, 10.0, hr.MAX_S),           # capped
-    (Headroom(0.04, 3, 5.0, 2), 3, 5.0 + hr.CALM_S - 1, 0.04),    # calm, but not long enough
-    (Headroom(0.04, 3, 5.0, 2), 3, 5.0 + hr.CALM_S, 0.04 - hr.DECAY_S),  # a calm quarter hour: sink
-    (Headroom(0.0005, 3, 5.0, 2), 3, 5.0 + hr.CALM_S, 0.0),       # never below zero
-    (Headroom(0.04, 30, 5.0, 2), 2, 10.0, 0.04),                  # a new playback's counter
+@pytest.mark.parametrize("before, dry, now, extra, resumed", [
+    (Headroom(), 0, 10.0, 0.0, -1e18),                                   # quiet: nothing
+    (Headroom(), 3, 10.0, hr.STEP_S, -1e18),                             # the ring ran dry: raise
+    (Headroom(0.04, 3, 5.0, 2), 7, 10.0, 0.06, -1e18),                   # again
+    (Headroom(hr.MAX_S, 3, 5.0, 9), 9, 10.0, hr.MAX_S, -1e18),           # capped
+    (Headroom(0.04, 3, 5.0, 2), 3, 5.0 + hr.CALM_S - 1, 0.04, -1e18),    # calm, but not long enough
+    (Headroom(0.04, 3, 5.0, 2), 3, 5.0 + hr.CALM_S, 0.04 - hr.DECAY_S, -1e18),  # a calm quarter hour: sink
+    (Headroom(0.0005, 3, 5.0, 2), 3, 5.0 + hr.CALM_S, 0.0, -1e18),       # never below zero
+    (Headroom(0.04, 30, 5.0, 2), 2, 10.0, 0.04, -1e18),                  # a new playback's counter
+    (Headroom(), 3, 10.0, 0.0, 6.0),                              # 4 s after our own stall: the stall's
+    (Headroom(), 3, 10.0, hr.STEP_S, 10.0 - hr.STALL_GRACE_S),    # the grace is over: a real hiccup
 ])
-def test_step(before, dry, now, extra):
-    after = step(before, dry, now)
+def test_step(before, dry, now, extra, resumed):
+    after = step(before, dry, now, resumed)
     assert after.extra_s == pytest.approx(extra)
     assert after.seen == dry
 

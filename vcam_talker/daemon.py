@@ -377,7 +377,7 @@ class Daemon(Reloads):
         if pb is None or not sup.up("output") or not (self.demo or sup.up("input")):
             return  # an outage's gaps are the outage's, and a reopen would race its retries
         st = pb.stats
-        self.headroom = headroom.step(self.headroom, st.hiccups, now)
+        self.headroom = headroom.step(self.headroom, st.hiccups, now, self.stats.resumed_at)
         self.delay.headroom_s = self.headroom.extra_s
         if (not self._reopen_pending and headroom.reopen_wanted(st.latency_s, self.audio_delay())
                 and pb.in_pause(None)):

@@ -34,9 +34,15 @@ class Headroom:
     raises: int = 0
 
 
-def step(h: Headroom, hiccups: int, now: float) -> Headroom:
-    """The headroom after one look (about once a second) at the playback's counter."""
-    if hiccups < h.seen:  # a new playback: its counter restarted
+#: hiccups this long (s) after the process itself stalled (suspend, SIGSTOP) are the
+#: stall's: the output drained while nothing ran, which says nothing about the machine
+STALL_GRACE_S = 5.0
+
+
+def step(h: Headroom, hiccups: int, now: float, resumed_at: float = -1e18) -> Headroom:
+    """The headroom after one look (about once a second) at the playback's counter;
+    ``resumed_at``: when the process last came back from a stall of its own."""
+    if hiccups < h.seen or now - resumed_at < STALL_GRACE_S:  # a new playback, or the stall's
         return Headroom(h.extra_s, hiccups, h.last_raise, h.raises)
     if hiccups > h.seen:
         extra = min(MAX_S, h.extra_s + STEP_S)

@@ -62,6 +62,16 @@ def preview(drv) -> np.ndarray | None:
     return None if px is None else np.array(px, np.float32).reshape(128, 128, 4)[..., :3]
 
 
+def drawn_preview(drv) -> np.ndarray:
+    """The preview once it shows a picture, not a uniform frame: a fresh clone's CI read one
+    114 levels away from every face (a canvas read while the MJPEG element swapped frames
+    comes back blank, and test sync's flash frames are uniform white)."""
+    def ok():
+        p = preview(drv)
+        return (p,) if p is not None and p.std() > 5 else None
+    return wait(ok, 5, "a drawn preview")[0]
+
+
 def wait(cond, timeout: float, what: str, step: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -175,13 +185,13 @@ def test_control_page(tmp_path, pulse_server, speech_wav, browser, capsys):
         wait(lambda: d.status()["muted"] is False, 5, "unmuted")
 
         # switch the avatar: the preview becomes the mirror image of itself
-        before = preview(drv)
+        before = drawn_preview(drv)
         from selenium.webdriver.support.ui import Select
 
         Select(drv.find_element("id", "avatar")).select_by_value("mirrored.png")
         wait(lambda: d.status()["avatar"].endswith("mirrored.png"), 20, "the avatar reload")
         time.sleep(1.0)
-        after = preview(drv)
+        after = drawn_preview(drv)
         to_mirror = float(np.abs(after - before[:, ::-1]).mean())
         to_before = float(np.abs(after - before).mean())
 
@@ -189,7 +199,7 @@ def test_control_page(tmp_path, pulse_server, speech_wav, browser, capsys):
         drv.find_element("id", "upload").send_keys(str(ROOT / "avatars" / "default.png"))
         wait(lambda: "upload-" in d.status()["avatar"], 30, "the uploaded avatar")
         time.sleep(1.0)
-        uploaded = preview(drv)
+        uploaded = drawn_preview(drv)
         up_to_before = float(np.abs(uploaded - before).mean())
         up_to_mirror = float(np.abs(uploaded - after).mean())
         wait(lambda: len(drv.find_elements("css selector", "#avatar option")) == 3, 5, "the upload in the list")

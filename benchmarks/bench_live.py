@@ -3,8 +3,10 @@ lost audio, playback underruns, A/V offset, frame gaps, fps, repeated frames, CP
 
     .venv/bin/python benchmarks/bench_live.py [--load 0,1,2] [--seconds 60] [--server pulse|pipewire]
                                               [--busy python|numpy] [--size 512] [--fps 25] [--json PATH]
+                                              [--helper on|off|both]
 
-Per N of --load, one run side by side in one table: a fresh daemon; once its mic delay
+Per N of --load (and, with --helper both, per audio.helper setting: the capture and the
+mic in their own process, or in the daemon's), one run side by side in one table: a fresh daemon; once its mic delay
 has settled, N busy processes (spin loops, at the daemon's nice level) start, speech
 (espeak-ng, 1.2 s gaps, --seconds long) is played into the null sink vcam_in, and the
 busy processes are killed after it. The daemon captures vcam_in's monitor, publishes to
@@ -89,14 +91,28 @@ def settle(d: DaemonProc, timeout: float = 30.0) -> None:
         ok = ok + 1 if off is not None and abs(off) < 3 else 0
 
 
-def one_run(n: int, args, env: dict, tmp: Path, wav: Path, crop) -> dict:
+def family_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live children (the audio helper)."""
+    total = cpu_seconds(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def one_run(n: int, helper: bool, args, env: dict, tmp: Path, wav: Path, crop) -> dict:
     from vcam_talker.audio.capture import AudioCapture
     from vcam_talker.audio.ring import AudioRing
     from vcam_talker.config import to_dict
 
     cfg = to_dict(live_config(video={"width": args.size, "height": args.size, "fps": args.fps}))
     cfg["status"].update(interval_s=1.0, http=f"127.0.0.1:{free_port()}")
-    run_dir = tmp / f"load{n}"
+    cfg["audio"]["helper"] = helper
+    run_dir = tmp / f"load{n}-{'helper' if helper else 'inline'}-{time.monotonic_ns()}"
     run_dir.mkdir()
     secs = args.seconds + 60
     mic_ring, src_ring = AudioRing(RATE, secs), AudioRing(RATE, secs)
@@ -111,9 +127,9 @@ def one_run(n: int, args, env: dict, tmp: Path, wav: Path, crop) -> dict:
         time.sleep(1.0)  # the scheduler has seen them
         before = d.status()
         mic_start, src_start = mic_ring.end, src_ring.end
-        c0, w0 = cpu_seconds(d.proc.pid), time.monotonic()
+        c0, w0 = family_cpu_seconds(d.proc.pid), time.monotonic()
         subprocess.run(["paplay", "--device=vcam_in", str(wav)], check=True, env=env, timeout=secs + 60)
-        c1, w1 = cpu_seconds(d.proc.pid), time.monotonic()
+        c1, w1 = family_cpu_seconds(d.proc.pid), time.monotonic()
         time.sleep(1.5)  # the delayed tail
         after = d.status()
         busy_cpu = stop_busy(busy)
@@ -127,12 +143,12 @@ def one_run(n: int, args, env: dict, tmp: Path, wav: Path, crop) -> dict:
     run = LiveRun(times[keep], frames[keep], mic, mic_t0, src, src_t0, after)
     if args.keep_audio:
         args.keep_audio.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.keep_audio / f"load{n}.npz", mic=mic, src=src, mic_t0=mic_t0, src_t0=src_t0,
+        np.savez_compressed(args.keep_audio / f"{run_dir.name}.npz", mic=mic, src=src, mic_t0=mic_t0, src_t0=src_t0,
                             times=times[keep])
     src_on, mic_on = src_t0 + onsets(envelope(src)), mic_t0 + onsets(envelope(mic))
     k = min(len(src_on), len(mic_on))
     speaking = (times >= src_t0) & (times <= w1)
-    return {"load": n, "busy": args.busy, "nice": nice, "seconds": w1 - w0,
+    return {"load": n, "helper": helper, "busy": args.busy, "nice": nice, "seconds": w1 - w0,
             "audio": audio_match(run), "counters": counter_deltas(before, after), "av": av_sync(run),
             "frames": frame_timing(times[speaking]),
             "repeated_recorded": int(meta[keep & (meta[:, 4] >= 0)][:, 4].sum()) if len(meta) == len(times) else -1,
@@ -174,7 +190,7 @@ def rows_for(r: dict) -> list[tuple[str, float, str]]:
         ("frame gap max", fr["gap_max_ms"], "ms"),
         ("frames repeated (daemon, during speech)", float(c["frames_repeated"]), "frames"),
         ("windows skipped (daemon, during speech)", float(c["windows_skipped"]), "frames"),
-        ("daemon CPU (one core = 100)", r["daemon_cpu_pct"], "%"),
+        ("daemon CPU, with its audio helper (one core = 100)", r["daemon_cpu_pct"], "%"),
         ("busy processes' CPU (one core = 100)", r["busy_cpu_pct"], "%"),
         ("daemon ERROR lines", float(len(r["errors"])), "lines"),
         ("goal met: no lost audio, |A/V| <= 20 ms (1 = yes)", float(r["goal_met"]), "bool"),
@@ -190,6 +206,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--helper", choices=("on", "off", "both"), default="on",
+                    help="audio.helper for each run; both: each load twice, side by side")
     ap.add_argument("--keep-audio", type=Path, help="folder for each run's recordings (npz), to study a loss")
     args = ap.parse_args()
     loads = [int(x) for x in args.load.split(",")]
@@ -207,24 +225,28 @@ def main() -> None:
             wav, audio = speech_with_gaps(espeak_wav, tmp, reps)
         crop = mouth_box(ClassicEngine, DEFAULT_AVATAR)
         runs = []
-        for n in loads:
-            r = one_run(n, args, server.env, tmp, wav, crop)
+        modes = {"on": [True], "off": [False], "both": [True, False]}[args.helper]
+        for n, helper in [(n, h) for n in loads for h in modes]:
+            r = one_run(n, helper, args, server.env, tmp, wav, crop)
             a = r["audio"]
             r["goal_met"] = (a["lost"] == 0 and a["missing"] == 0 and r["counters"]["lost_samples"] == 0
                              and a["utterances_out"] == a["utterances_in"]
                              and abs(r["av"]["worst_ms"]) <= GOAL_AV_MS)
             runs.append(r)
-            print(f"load {n}: done", flush=True)
+            print(f"load {n}, helper {helper}: done, lost {a['lost']}, underflows "
+                  f"{r['counters']['underflows']}", flush=True)
     t_end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     per = [rows_for(r) for r in runs]
     w = max(len(m) for m, _, _ in per[0])
-    print(f"\n{'metric':<{w}}  " + "  ".join(f"{'N=' + str(n):>10}" for n in loads) + "  unit")
+    heads = [f"N={r['load']}" + (" helper" if r["helper"] else " inline") for r in runs]
+    print(f"\n{'metric':<{w}}  " + "  ".join(f"{h:>13}" for h in heads) + "  unit")
     for i, (metric, _, unit) in enumerate(per[0]):
-        print(f"{metric:<{w}}  " + "  ".join(f"{p[i][1]:>10.2f}" for p in per) + f"  {unit}")
+        print(f"{metric:<{w}}  " + "  ".join(f"{p[i][1]:>13.2f}" for p in per) + f"  {unit}")
     # one table, N side by side; the JSON as _common.report writes it, with each run's detail
     out = args.json or RESULTS / "bench_live.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {f"N={r['load']}: {m}": {"value": v, "unit": u} for r, p in zip(runs, per) for m, v, u in p}
+    results = {f"run {k} {h}: {m}": {"value": v, "unit": u}
+               for k, (h, p) in enumerate(zip(heads, per)) for m, v, u in p}
     out.write_text(json.dumps({
         "benchmark": "bench_live", "machine": machine(), "results": results, "server": kind, "busy": args.busy,
         "size": args.size, "fps": args.fps, "seconds": args.seconds, "loads": loads, "window_utc": [t_start, t_end],

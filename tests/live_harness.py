@@ -93,14 +93,23 @@ def run_daemon(cfg: Config, wav: Path, crop: tuple[int, int, int, int], *, tail_
     try:
         assert daemon.first_frame.wait(10), "no frame published"
         # the delay estimate settles on its first second of measurements, then the mic
-        # glides to it during silence; a real user would not notice that first second
-        deadline, last = time.monotonic() + 8.0, None
+        # glides to it during silence; a real user would not notice that first second.
+        # The daemon measures afresh INPUT_SETTLE_S after the input opened (in the audio
+        # helper, a few hundred ms after start): the speech starts after that, or the
+        # change would land in its first utterance.
+        from vcam_talker.daemon import INPUT_SETTLE_S
+
+        deadline, last = time.monotonic() + 12.0, None
         while time.monotonic() < deadline:
             time.sleep(0.5)
             st = daemon.status()
             steady = last is not None and st["delay_ms"] == last
             last = st["delay_ms"]
-            if time.monotonic() - daemon.started_at > 2.0 and steady and abs(st.get("av_offset_ms", 0.0)) < 3.0:
+            opened = getattr(daemon.audio, "input_opened_at", None)
+            remeasured = opened is not None and time.monotonic() - opened > INPUT_SETTLE_S + 1.0 \
+                and st["delay_measured"]
+            if time.monotonic() - daemon.started_at > 2.0 and steady and remeasured \
+                    and abs(st.get("av_offset_ms", 0.0)) < 3.0:
                 break
         mic_start, src_start = mic_ring.end, src_ring.end
         subprocess.run(["paplay", "--device=vcam_in", str(wav)], check=True, env=env or dict(os.environ),

@@ -16,7 +16,6 @@ frame, so swaps land at a frame boundary.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import queue
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vcam_talker import selfcheck
+from vcam_talker import memory, selfcheck
 from vcam_talker import status as status_mod
 from vcam_talker.audio import headroom
 from vcam_talker.audio.ports import AudioPorts
@@ -86,7 +85,7 @@ class Daemon(Reloads):
         self.selfcheck = selfcheck.measure_safely(engine, self.active.avatar, cfg.video.fps, seconds=SELFCHECK_S)
         (log.info if self.selfcheck.ok else log.warning)("%s", self.selfcheck.line())
         self._avatar_mtime = _mtime(cfg.avatar_path())
-        self.ring = AudioRing(engine.window_spec.sample_rate, RING_SECONDS)
+        self.ring = AudioRing(engine.window_spec.sample_rate, RING_SECONDS, shared=True)  # the audio helper maps it
         self.supervisor = Supervisor(publish=self._publish_sinks)
         self._stop = threading.Event()
         self._video_stop = threading.Event()
@@ -115,8 +114,7 @@ class Daemon(Reloads):
         # 100 ms on a busy machine, holding the GIL, so the audio callbacks miss their turn
         # and the mic underruns. Everything built so far lives as long as the daemon:
         # frozen, later collections skip it.
-        gc.collect()
-        gc.freeze()
+        memory.settle()
         self._start_watcher()  # before any frame: an edit made during start-up is not missed
         self._open_sinks(cfg)
         self._start_video_threads()
@@ -144,6 +142,7 @@ class Daemon(Reloads):
                 t.join(max(0.05, deadline - time.monotonic()))
         self.audio.stop()
         self.supervisor.close_all()  # input, output and sinks
+        self.audio.close_helper()
         self.active.engine.close()
         self.notifier.close()
 

@@ -84,8 +84,9 @@ def plan(old: Config, new: Config, old_spec: WindowSpec, new_spec: WindowSpec, *
         sinks=sinks_changed and not video,
         # a new classic engine is built with the new tuning already
         tuning=new.engine.classic != old.engine.classic and new.engine.name == "classic" and not engine,
-        audio_input=new.audio.input != old.audio.input or new.audio.block_ms != old.audio.block_ms,
-        audio_output=new.audio.output != old.audio.output,
+        audio_input=(new.audio.input != old.audio.input or new.audio.block_ms != old.audio.block_ms
+                     or new.audio.helper != old.audio.helper),
+        audio_output=new.audio.output != old.audio.output or new.audio.helper != old.audio.helper,
         trim=new.audio.trim_ms != old.audio.trim_ms,
         log_level=new.log_level != old.log_level,
         status_server=new.status.http != old.status.http or new.control != old.control,

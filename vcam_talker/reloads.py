@@ -138,6 +138,7 @@ class Reloads:
         self._swap(engine, avatar, restart_video=p.video)
         self._consecutive_errors = 0
         self._fallback_pending = False
+        memory.settle()  # the failed engine freed, the classic one frozen
 
     # ---- file watching -----------------------------------------------------------------
     def _start_watcher(self) -> None:

@@ -46,10 +46,8 @@ def status(d: Daemon) -> dict:
         s["audio_delay_ms"] = round(pb.current_delay * 1e3, 1)
         s["av_offset_ms"] = round((pb.current_delay - d.audio_delay()) * 1e3, 1)
         ps = pb.stats
-        s["playback"] = {"speed": round(ps.speed, 4), "inserted_frames": ps.inserted_frames,
-                         "removed_samples": ps.removed_samples, "underflows": ps.underflows,
-                         "lost_samples": ps.lost_samples, "resyncs": ps.resyncs,
-                         "dry_blocks": ps.dry_blocks, "hiccups": ps.hiccups, "dry_waits": ps.dry_waits}
+        # counters over the daemon's life (a reopened output starts its own from 0)
+        s["playback"] = {"speed": round(ps.speed, 4), **d.audio.playback_totals(ps)}
     parts = latency_parts(d.audio_delay(), d.windower.spec.after_s, d.ring.arrival_lag, d.delay.median_ready())
     if parts is not None:  # the audio delay split up; the parts sum to the total
         s["latency_ms"] = parts.as_ms()
@@ -59,6 +57,8 @@ def status(d: Daemon) -> dict:
     s["input_level_db"] = _level_db(d.ring)
     s["muted"] = d.muted  # the animation ignores the voice; the mic still plays it
     s["test_sync"] = d.sync.last
+    if (h := d.audio.helper) is not None:  # the process the devices run in (audio/helper.py)
+        s["audio_helper"] = {"pid": h.pid, "starts": h.starts, "last_exit": h.last_exit}
     if d.audio.capture is not None:
         cs = d.audio.capture.stats
         s["capture"] = {k: getattr(cs, k) for k in ("nan_samples", "clipped_samples", "overflows")}

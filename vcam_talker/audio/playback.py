@@ -178,6 +178,10 @@ class DelayedPlayback:
         a marked ring sample plays and note its DAC time; None stops it."""
         self._click = click
 
+    def poll_clicks(self) -> None:
+        """Test sync: the marks' DAC times are current (they are set right here; the
+        helper's proxy fetches them)."""
+
     @property
     def stats(self) -> PlaybackStats:
         """A snapshot of the counters."""
@@ -338,7 +342,8 @@ class DelayedPlayback:
                     self._stats.dry_waits += 1
         have = max(0, min(need, ring.end - start))
         p_out = rs.position  # the ring position out[filled] plays (test sync's click needs it)
-        y = rs.process(ring.read(start, have), max_out=n)
+        # a position past the ring's end (a stream opened while no input came) reads nothing
+        y = rs.process(ring.read(start, have) if have else np.zeros(0, np.float32), max_out=n)
         out[filled:filled + len(y)] = y
         if (click := self._click) is not None:  # test sync: a click where a marked ring sample plays
             click.apply(out, filled, len(y), p_out, rs.position, dac_time, self.device_rate)

@@ -16,6 +16,10 @@ from vcam_talker.supervisor import STALL_S, Part, Progress, Supervisor, warn_bad
 
 log = logging.getLogger("vcam_talker.daemon")
 
+#: playback counters that status sums over reopens of the output
+LIFETIME_COUNTERS = ("inserted_frames", "removed_samples", "underflows", "lost_samples", "resyncs", "dry_blocks",
+                     "hiccups", "dry_waits")
+
 DEMO_SPEECH = Path(__file__).resolve().parents[1] / "data" / "demo_speech.wav"
 
 
@@ -29,6 +33,8 @@ class AudioPorts:
         self.capture = None  # the input device, while it is open
         self.filler = None  # silence while the input device is away
         self.playback = None  # the delayed mic, while it is open
+        self.helper = None  # the process both devices run in (audio.helper), once started
+        self.retired: dict[str, int] = {}  # counters of the playbacks closed so far (reopens)
         self._input_progress = Progress()
         self._output_progress = Progress()
         self._bad_samples = (0, -1e9)  # (reported, when)
@@ -71,7 +77,12 @@ class AudioPorts:
         if self.filler is not None:
             stop_quietly(self.filler)
             self.filler = None
-        cap = AudioCapture(route_device(self.cfg.input, "input"), self.ring, block_ms=self.cfg.block_ms)
+        if self._use_helper():
+            from vcam_talker.audio.helper import RemoteCapture
+
+            cap = RemoteCapture(self._helper(), self.cfg.input, {"block_ms": self.cfg.block_ms})
+        else:
+            cap = AudioCapture(route_device(self.cfg.input, "input"), self.ring, block_ms=self.cfg.block_ms)
         cap.start()
         self.capture = cap
         self.input_opened_at = time.monotonic()  # the daemon re-measures its delay after this
@@ -127,16 +138,24 @@ class AudioPorts:
         from vcam_talker.audio.routing import route_device
 
         delay = self.audio_delay()
-        pb = DelayedPlayback(route_device(self.cfg.output, "output"), self.ring, target_delay=delay,
-                             latency=output_latency(delay))
+        if self._use_helper():
+            from vcam_talker.audio.helper import RemotePlayback
+
+            pb = RemotePlayback(self._helper(), self.cfg.output, {"target_delay": delay, "latency": output_latency(delay)})
+        else:
+            pb = DelayedPlayback(route_device(self.cfg.output, "output"), self.ring, target_delay=delay,
+                                 latency=output_latency(delay))
         pb.start()
         self.playback = pb
         self._output_progress.restart(time.monotonic())
 
     def _close_playback(self) -> None:
         if self.playback is not None:
+            st = self.playback.stats  # before the stop: the helper forgets a closed stream
             stop_quietly(self.playback)
             if not self._stopping:  # at exit it stays: the last status line reports on it
+                for key in LIFETIME_COUNTERS:
+                    self.retired[key] = self.retired.get(key, 0) + getattr(st, key)
                 self.playback = None
 
     def _probe_output(self, now: float) -> str:
@@ -149,7 +168,23 @@ class AudioPorts:
             return "the device stopped"
         return ""
 
+    def playback_totals(self, st) -> dict[str, int]:
+        """The counters of ``st`` (the open playback's stats) plus those of the playbacks
+        closed before it: status reports counts over the daemon's life, not per reopen."""
+        return {key: getattr(st, key) + self.retired.get(key, 0) for key in LIFETIME_COUNTERS}
+
     # ---- both --------------------------------------------------------------------------
+    def _use_helper(self) -> bool:
+        return self.cfg.helper and getattr(self.ring, "fd", None) is not None
+
+    def _helper(self):
+        """The audio helper process (audio/helper.py), started with the first device."""
+        if self.helper is None:
+            from vcam_talker.audio.helper import AudioHelper
+
+            self.helper = AudioHelper(self.ring)
+        return self.helper
+
     def after_stall(self, now: float) -> None:
         """The whole process was stopped (SIGSTOP, suspend): the devices were silent
         because we were, so their stall clocks restart from now."""
@@ -162,6 +197,11 @@ class AudioPorts:
         for part in (self.demo, self.filler):
             if part is not None:
                 stop_quietly(part)
+
+    def close_helper(self) -> None:
+        """After the devices closed: the helper process ends."""
+        if self.helper is not None:
+            self.helper.close()
 
 
 def stop_quietly(part) -> None:

@@ -52,6 +52,7 @@ class ClickTrack:
     reports each one's DAC time. ``apply`` runs on the audio thread, once per block."""
 
     def __init__(self, marks: list[Mark]):
+        self.marks = list(marks)
         self._todo = sorted(marks, key=lambda m: m.sample)
         self._rest = np.zeros(0, np.float32)  # the part of a burst that spills into the next block
 
@@ -125,6 +126,7 @@ class SyncProbe:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and not all(m.published and m.dac for m in marks):
                 time.sleep(0.02)
+                pb.poll_clicks()
         finally:
             pb.mark_click(None)
             self._marks = []

@@ -1,0 +1,159 @@
+"""The audio helper process: ``python -m vcam_talker.audio.helper_proc`` (started by
+:class:`vcam_talker.audio.helper.AudioHelper`, never by hand).
+
+It maps the daemon's shared :class:`AudioRing` and runs the capture and the delayed mic
+in a Python of its own, so the renderer's Python threads cannot hold them up (see
+helper.py). It obeys one request at a time from its socket and exits when the daemon
+closes it or dies (the socket reads end-of-file).
+
+Requests (tuples) and answers (``("ok", value)`` or ``(error kind, message)``):
+- ``("open", kind, name, kwargs)``: kind "capture" or "playback"; ``name`` is the
+  configured device, routed here (routing sets PULSE_SINK/PULSE_SOURCE in this process);
+- ``("close", kind)``;
+- ``("do", kind, attr, args)``: an attribute's value, or the method called with args
+  (exceptions as values come back as their one-line text);
+- ``("clicks", samples)``: test sync's marks (ring samples; None ends it), answered with
+  each mark's click DAC time so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from multiprocessing.connection import Connection
+
+log = logging.getLogger("vcam_talker.audio.helper")
+
+
+class Helper:
+    def __init__(self, ring):
+        self.ring = ring
+        self.parts: dict = {"capture": None, "playback": None}
+        self.track = None  # test sync's ClickTrack while one runs
+
+    def handle(self, req: tuple):
+        op = req[0]
+        if op == "open":
+            return self.open(*req[1:])
+        if op == "close":
+            self.close(req[1])
+            return None
+        if op == "do":
+            return self.do(*req[1:])
+        if op == "clicks":
+            return self.clicks(req[1])
+        raise ValueError(f"unknown request {op!r}")
+
+    def open(self, kind: str, name: str, kwargs: dict) -> dict:
+        from vcam_talker.audio.routing import route_device
+
+        self.close(kind)
+        if kind == "capture":
+            from vcam_talker.audio.capture import AudioCapture
+
+            part = AudioCapture(route_device(name, "input"), self.ring, **kwargs)
+        elif kind == "playback":
+            from vcam_talker.audio.playback import DelayedPlayback
+
+            part = DelayedPlayback(route_device(name, "output"), self.ring, **kwargs)
+        else:
+            raise ValueError(f"unknown part {kind!r}")
+        part.start()
+        self.parts[kind] = part
+        return {"device_rate": part.device_rate, "channels": part.channels, "device_name": part.info["name"]}
+
+    def close(self, kind: str) -> None:
+        part, self.parts[kind] = self.parts.get(kind), None
+        if part is not None:
+            part.stop()
+
+    def do(self, kind: str, attr: str, args: tuple):
+        part = self.parts.get(kind)
+        if part is None:
+            raise LookupError(f"the {kind} is not open")
+        value = getattr(part, attr)
+        if callable(value):
+            value = value(*args)
+        if isinstance(value, BaseException):
+            value = " ".join(str(value).split()) or type(value).__name__
+        return value
+
+    def clicks(self, samples: list[int] | None) -> list[float | None]:
+        from vcam_talker.web.syncprobe import ClickTrack, Mark
+
+        pb = self.parts.get("playback")
+        if samples is None:
+            if pb is not None:
+                pb.mark_click(None)
+            self.track = None
+            return []
+        if self.track is None:
+            self.marks = [Mark(0, s) for s in samples]
+            self.track = ClickTrack(self.marks)
+            if pb is not None:
+                pb.mark_click(self.track)
+        for m, s in zip(self.marks, samples):  # a skipped flash frame moves its mark
+            if m.dac is None:
+                m.sample = s
+        return [m.dac for m in self.marks]
+
+    def stop(self) -> None:
+        for kind in list(self.parts):
+            try:
+                self.close(kind)
+            except Exception as exc:  # exiting anyway
+                log.warning("closing the %s: %s", kind, exc)
+
+
+def serve(conn: Connection, helper: Helper) -> None:
+    """Answer requests until the daemon goes away."""
+    from vcam_talker.errors import DeviceError
+
+    while True:
+        try:
+            req = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            answer = ("ok", helper.handle(req))
+        except DeviceError as exc:
+            answer = ("DeviceError", str(exc))
+        except Exception as exc:
+            answer = ("error", f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+        try:
+            conn.send(answer)
+        except (OSError, ValueError):
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vcam_talker.audio.helper_proc")
+    p.add_argument("--sock", type=int, required=True)
+    p.add_argument("--ring", type=int, required=True)
+    p.add_argument("--rate", type=int, required=True)
+    p.add_argument("--capacity", type=float, required=True)
+    p.add_argument("--verbose", action="store_true")
+    a = p.parse_args(argv)
+    # Ctrl-C in a terminal and systemd's stop (SIGTERM to the whole unit) are for the
+    # daemon: it closes the devices and then this socket, and this process ends with it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="vcam-talker: %(levelname)s: %(message)s", stream=sys.stderr)
+    from vcam_talker.audio.ring import AudioRing
+
+    ring = AudioRing.attach(a.ring, a.rate, a.capacity)
+    conn = Connection(a.sock)
+    helper = Helper(ring)
+    conn.send(("ready", None))
+    try:
+        serve(conn, helper)
+    finally:
+        helper.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import RESULTS, machine  # noqa: E402
+from benchmarks.soak import children  # noqa: E402
 from tests.conftest import DEFAULT_AVATAR, espeak_wav  # noqa: E402
 from tests.daemon_proc import DaemonProc, free_port  # noqa: E402
 from tests.live_harness import (RATE, LiveRun, audio_match, av_sync, counter_deltas, envelope,  # noqa: E402
@@ -94,12 +95,10 @@ def settle(d: DaemonProc, timeout: float = 30.0) -> None:
 def family_cpu_seconds(pid: int) -> float:
     """CPU seconds of ``pid`` and its live children (the audio helper)."""
     total = cpu_seconds(pid)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for child in children(pid):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
+            total += cpu_seconds(child)
+        except OSError:  # it just ended
             continue
     return total
 

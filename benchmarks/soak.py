@@ -35,10 +35,28 @@ COUNT_BOUND = 2
 
 
 def sample(pid: int) -> tuple[float, int, int]:
-    """(RSS in MB, open fds, threads) of a live process, from /proc."""
-    rss_kb = next(int(ln.split()[1]) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-                  if ln.startswith("VmRSS:"))
-    return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+    """(RSS in MB, open fds, threads) of a live process and its children (the daemon's
+    audio helper), from /proc."""
+    rss = fds = threads = 0
+    for p in [pid, *children(pid)]:
+        try:
+            rss_kb = next(int(ln.split()[1]) for ln in Path(f"/proc/{p}/status").read_text().splitlines()
+                          if ln.startswith("VmRSS:"))
+            rss, fds, threads = rss + rss_kb, fds + len(os.listdir(f"/proc/{p}/fd")), \
+                threads + len(os.listdir(f"/proc/{p}/task"))
+        except (OSError, StopIteration):  # a child that just ended
+            if p == pid:
+                raise
+    return rss / 1024, fds, threads
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid``."""
+    try:
+        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def soak(seconds: float, reload_every: float = 30.0, every: float = 2.0) -> dict:

@@ -286,9 +286,3 @@ class AudioRing:
             guess = (t - self._at[na - 1]) * self.sample_rate + self._aidx[na - 1]
             return (t - self._offset_near(guess)) * self.sample_rate
         return self._consistent(get)
-
-    def close(self) -> None:
-        """Unmap a shared ring and close its fd (views taken before stay unusable)."""
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)

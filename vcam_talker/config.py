@@ -1,9 +1,8 @@
 """The config.yaml schema, as dataclasses, and its validating loader.
 
-Every field declares its constraint in ``metadata``; the loader walks the dataclasses,
-so the schema is written once. Errors name the field path and the bad value, e.g.
-``video.fps: must be 1..60, got 0``; unknown keys get the closest known key as a hint.
-"""
+Every field declares its constraint in ``metadata``; the loader walks the dataclasses, so
+the schema is written once. Errors name the field path and the bad value (``video.fps:
+must be 1..60, got 0``); unknown keys get the closest known key as a hint."""
 
 from __future__ import annotations
 

@@ -72,9 +72,6 @@ class AudioHelper:
             return value
         raise (DeviceError if tag == "DeviceError" else AudioError)(value)
 
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     @property
     def pid(self) -> int | None:
         """The running helper's process id (None while none runs)."""

@@ -32,6 +32,7 @@ class Helper:
         self.ring = ring
         self.parts: dict = {"capture": None, "playback": None}
         self.track = None  # test sync's ClickTrack while one runs
+        self.marks: list = []  # its marks, in the daemon's order
 
     def handle(self, req: tuple):
         op = req[0]

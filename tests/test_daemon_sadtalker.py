@@ -198,7 +198,8 @@ def test_sadtalker_live_and_switches_rewindow(pulse_server, tmp_path, speech, ca
         assert abs(lat["lookahead"] - spec.after_s * 1e3) < 0.1, report[-1]
         parts_sum = lat["capture"] + lat["lookahead"] + lat["compute"] + lat["buffering"]
         checks.append((engine, abs(parts_sum - lat["total"]) < 0.5 and abs(lat["total"] / 1e3 - audio) < PERIOD))
-        checks.append((engine, corr > 0.5 and np.percentile(err, 95) < PERIOD and abs(audio - reported_audio) < PERIOD
+        # (half a period: a step of the delay moves the frames at once, tests/test_pacer_phase.py)
+        checks.append((engine, corr > 0.5 and np.percentile(err, 95) < PERIOD / 2 and abs(audio - reported_audio) < PERIOD
                        and abs(audio - (np.median(video) + PERIOD / 2)) < PERIOD and (engine != "sadtalker" or fps >= 5)))
     with capsys.disabled():
         print("\n" + "\n".join(report))

@@ -42,10 +42,11 @@ def status(d: Daemon) -> dict:
               "sinks": {name: "ok" if h["state"] == "ok" else h["error"] for name, h in sinks.items()},
               "health": health})
     pb = d.audio.playback
-    if pb is not None and pb.current_delay == pb.current_delay:
-        s["audio_delay_ms"] = round(pb.current_delay * 1e3, 1)
-        s["av_offset_ms"] = round((pb.current_delay - d.audio_delay()) * 1e3, 1)
-        ps = pb.stats
+    if pb is not None:
+        cd, ps = pb.current_delay, pb.stats  # one read of each: in the helper, each is a call
+        if cd == cd:  # NaN until a reopened output plays its first block
+            s["audio_delay_ms"] = round(cd * 1e3, 1)
+            s["av_offset_ms"] = round((cd - d.audio_delay()) * 1e3, 1)
         # counters over the daemon's life (a reopened output starts its own from 0)
         s["playback"] = {"speed": round(ps.speed, 4), **d.audio.playback_totals(ps)}
     parts = latency_parts(d.audio_delay(), d.windower.spec.after_s, d.ring.arrival_lag, d.delay.median_ready())

@@ -197,6 +197,8 @@ class Pacer(threading.Thread):
         self.clock, self.sleep = clock, sleep
         self.rate = windower.spec.sample_rate
         self._due = 0
+        self._grid_delay = delay.value  # the delay the tick grid is at (see next_deadline)
+        self._stepping = False  # the delay stepped: the grid jumps to its new phase
         self._audio_pos: int | None = None
         self._last: VideoFrame | None = None
         #: failed sends per sink name, and the last reason; each failure also goes to
@@ -213,6 +215,7 @@ class Pacer(threading.Thread):
     def respawn(self) -> Pacer:
         fresh = Pacer(**{**self._args, "sinks": self.sinks})
         fresh._due, fresh._last, fresh.guard = self._due, self._last, self.guard
+        fresh._grid_delay, fresh._stepping = self._grid_delay, self._stepping
         fresh.sink_errors, fresh.sink_reasons = self.sink_errors, self.sink_reasons
         return fresh
 
@@ -276,20 +279,38 @@ class Pacer(threading.Thread):
         grid (which would put each run at a random phase within a period and wrap by a
         whole period as the clocks drift). The grid moves a period per tick and is steered
         towards that moment by at most MAX_SLEW_S per tick; beyond 1.5 periods of error it
-        just keeps the period. Before any audio: a plain period, no frame index."""
+        just keeps the period. A step of the delay (the mic steps in the same pause) moves
+        the grid at once: a fall sends the newest due frame now, a rise holds the frame a
+        period at a time; slewing 140 ms at 10 fps had kept the lips late for 7 s. Before
+        any audio: a plain period, no frame index."""
         period = 1.0 / self.fps
         free = last + period
+        if self.delay.value != self._grid_delay:
+            self._grid_delay, self._stepping = self.delay.value, True
         end = self.ring.end
         if end <= 0:
             return max(free, now + 0.5 * period), None
-        k = self._due + 1
-        first_sample = -(-k * self.rate // self.fps)  # frame k is due from this sample on
         ref = end - 1
-        ideal = self.ring.time_of(ref) + (first_sample - ref) / self.rate + self.delay.value + self.MARGIN_S
+        anchor = self.ring.time_of(ref) - ref / self.rate + self.delay.value + self.MARGIN_S
+
+        def moment(k: int) -> float:  # when frame k is due: from its first sample on
+            return anchor + -(-k * self.rate // self.fps) / self.rate
+
+        k = self._due + 1
+        ideal = moment(k)
+        if self._stepping:
+            if ideal > last + 2 * period:  # a rise: hold this frame (no gap above two periods)
+                return free, None
+            if ideal < now:  # a fall: skip to the first frame not yet past its moment
+                k += int((now - ideal) * self.fps)
+                while moment(k) < now:
+                    k += 1
+            self._stepping = False
+            return moment(k), k
         err = ideal - free
         if abs(err) > 1.5 * period:
-            # start, stall, or a step of the clock or the delay: keep the period and let the
-            # audio clock pick the frame (repeating or skipping) until the phase is close
+            # start, stall, or a step of the clock: keep the period and let the audio clock
+            # pick the frame (repeating or skipping) until the phase is close
             return (free if free > now - 3 * period else now), None
         t = free + min(max(self.PHASE_GAIN * err, -self.MAX_SLEW_S), self.MAX_SLEW_S)
         return max(t, now + 0.5 * period), k

@@ -3,10 +3,14 @@ lost audio, playback underruns, A/V offset, frame gaps, fps, repeated frames, CP
 
     .venv/bin/python benchmarks/bench_live.py [--load 0,1,2] [--seconds 60] [--server pulse|pipewire]
                                               [--busy python|numpy] [--size 512] [--fps 25] [--json PATH]
-                                              [--helper on|off|both]
+                                              [--helper on|off|both] [--realtime on|off|both]
+                                              [--repeat K] [--server-main-rt]
 
 Per N of --load (and, with --helper both, per audio.helper setting: the capture and the
-mic in their own process, or in the daemon's), one run side by side in one table: a fresh daemon; once its mic delay
+mic in their own process, or in the daemon's; with --realtime both, per audio.realtime
+setting of the helper's runs), one run side by side in one table, --repeat rounds of
+them interleaved (runs later on the same server lost more on PulseAudio, so compare
+within a round): a fresh daemon; once its mic delay
 has settled, N busy processes (spin loops, at the daemon's nice level) start, speech
 (espeak-ng, 1.2 s gaps, --seconds long) is played into the null sink vcam_in, and the
 busy processes are killed after it. The daemon captures vcam_in's monitor, publishes to
@@ -103,7 +107,7 @@ def family_cpu_seconds(pid: int) -> float:
     return total
 
 
-def one_run(n: int, helper: bool, args, env: dict, tmp: Path, wav: Path, crop) -> dict:
+def one_run(n: int, helper: bool, realtime: bool, args, env: dict, tmp: Path, wav: Path, crop) -> dict:
     from vcam_talker.audio.capture import AudioCapture
     from vcam_talker.audio.ring import AudioRing
     from vcam_talker.config import to_dict
@@ -111,6 +115,7 @@ def one_run(n: int, helper: bool, args, env: dict, tmp: Path, wav: Path, crop) -
     cfg = to_dict(live_config(video={"width": args.size, "height": args.size, "fps": args.fps}))
     cfg["status"].update(interval_s=1.0, http=f"127.0.0.1:{free_port()}")
     cfg["audio"]["helper"] = helper
+    cfg["audio"]["realtime"] = realtime
     run_dir = tmp / f"load{n}-{'helper' if helper else 'inline'}-{time.monotonic_ns()}"
     run_dir.mkdir()
     secs = args.seconds + 60
@@ -147,7 +152,7 @@ def one_run(n: int, helper: bool, args, env: dict, tmp: Path, wav: Path, crop) -
     src_on, mic_on = src_t0 + onsets(envelope(src)), mic_t0 + onsets(envelope(mic))
     k = min(len(src_on), len(mic_on))
     speaking = (times >= src_t0) & (times <= w1)
-    return {"load": n, "helper": helper, "busy": args.busy, "nice": nice, "seconds": w1 - w0,
+    return {"load": n, "helper": helper, "realtime": after.get("audio_helper", {}).get("realtime"), "busy": args.busy, "nice": nice, "seconds": w1 - w0,
             "audio": audio_match(run), "counters": counter_deltas(before, after), "av": av_sync(run),
             "frames": frame_timing(times[speaking]),
             "repeated_recorded": int(meta[keep & (meta[:, 4] >= 0)][:, 4].sum()) if len(meta) == len(times) else -1,
@@ -207,6 +212,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--helper", choices=("on", "off", "both"), default="on",
                     help="audio.helper for each run; both: each load twice, side by side")
+    ap.add_argument("--realtime", choices=("on", "off", "both"), default="on",
+                    help="audio.realtime for the helper's runs; both: each twice, side by side")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of all the runs, interleaved")
+    ap.add_argument("--server-main-rt", action="store_true",
+                    help="PulseAudio's main thread at SCHED_RR 5, like its I/O threads (an experiment on "
+                         "the server, not a setting of ours; needs root or CAP_SYS_NICE)")
     ap.add_argument("--keep-audio", type=Path, help="folder for each run's recordings (npz), to study a loss")
     args = ap.parse_args()
     loads = [int(x) for x in args.load.split(",")]
@@ -216,6 +227,8 @@ def main() -> None:
     t_start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tempfile.TemporaryDirectory() as tmp, private_pulse(kind) as server:
         tmp = Path(tmp)
+        if args.server_main_rt:  # the main thread: its id is the process id
+            os.sched_setscheduler(server.proc.pid, os.SCHED_RR, os.sched_param(5))
         os.environ["VCAM_TALKER_CACHE"] = str(tmp / "cache")
         reps = [TEXTS[0]]
         wav, audio = speech_with_gaps(espeak_wav, tmp, reps)
@@ -224,20 +237,22 @@ def main() -> None:
             wav, audio = speech_with_gaps(espeak_wav, tmp, reps)
         crop = mouth_box(ClassicEngine, DEFAULT_AVATAR)
         runs = []
-        modes = {"on": [True], "off": [False], "both": [True, False]}[args.helper]
-        for n, helper in [(n, h) for n in loads for h in modes]:
-            r = one_run(n, helper, args, server.env, tmp, wav, crop)
+        pick = {"on": [True], "off": [False], "both": [True, False]}
+        modes = [(h, rt) for h in pick[args.helper] for rt in (pick[args.realtime] if h else [False])]
+        for _, n, (helper, rt) in [(k, n, m) for k in range(args.repeat) for n in loads for m in modes]:
+            r = one_run(n, helper, rt, args, server.env, tmp, wav, crop)
             a = r["audio"]
             r["goal_met"] = (a["lost"] == 0 and a["missing"] == 0 and r["counters"]["lost_samples"] == 0
                              and a["utterances_out"] == a["utterances_in"]
                              and abs(r["av"]["worst_ms"]) <= GOAL_AV_MS)
             runs.append(r)
-            print(f"load {n}, helper {helper}: done, lost {a['lost']}, underflows "
+            print(f"load {n}, helper {helper}, realtime {r['realtime']}: done, lost {a['lost']}, underflows "
                   f"{r['counters']['underflows']}", flush=True)
     t_end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     per = [rows_for(r) for r in runs]
     w = max(len(m) for m, _, _ in per[0])
-    heads = [f"N={r['load']}" + (" helper" if r["helper"] else " inline") for r in runs]
+    heads = [f"N={r['load']}" + ((" helper rt" if str(r["realtime"]).startswith("SCHED_FIFO") else " helper")
+                                 if r["helper"] else " inline") for r in runs]
     print(f"\n{'metric':<{w}}  " + "  ".join(f"{h:>13}" for h in heads) + "  unit")
     for i, (metric, _, unit) in enumerate(per[0]):
         print(f"{metric:<{w}}  " + "  ".join(f"{p[i][1]:>13.2f}" for p in per) + f"  {unit}")
@@ -248,7 +263,7 @@ def main() -> None:
                for k, (h, p) in enumerate(zip(heads, per)) for m, v, u in p}
     out.write_text(json.dumps({
         "benchmark": "bench_live", "machine": machine(), "results": results, "server": kind, "busy": args.busy,
-        "size": args.size, "fps": args.fps, "seconds": args.seconds, "loads": loads, "window_utc": [t_start, t_end],
+        "server_main_rt": args.server_main_rt, "size": args.size, "fps": args.fps, "seconds": args.seconds, "loads": loads, "window_utc": [t_start, t_end],
         "note": "shared 2-core machine: other agents' tests ran meanwhile, so figures are noisy", "runs": runs},
         indent=2, default=float))
     print(f"wrote {out}")

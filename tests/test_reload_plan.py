@@ -67,6 +67,8 @@ TABLE = [
     ("audio output", BASE, cfg(audio__output="none"), CLASSIC, CLASSIC, Plan(audio_output=True)),
     ("audio helper off: both devices reopen in the daemon", BASE, cfg(audio__helper=False), CLASSIC, CLASSIC,
      Plan(audio_input=True, audio_output=True)),
+    ("realtime off: both devices reopen at normal priority", BASE, cfg(audio__realtime=False), CLASSIC, CLASSIC,
+     Plan(audio_input=True, audio_output=True)),
     ("switch and new tuning: the new engine is built with it", ST, cfg(engine__classic__mouth_gain=1.5),
      SADTALKER, CLASSIC, Plan(engine=True, video=True)),
     # the fallback to classic after engine failures: same config but the engine name

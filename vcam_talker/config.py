@@ -108,6 +108,7 @@ class AudioConfig:
     trim_ms: float = _f(0.0, range=(-500.0, 500.0))
     block_ms: float = _f(10.0, range=(2.0, 100.0))
     helper: bool = _f(True)  # capture and mic in their own process (audio/helper.py)
+    realtime: bool = _f(True)  # the helper's threads at realtime priority, where allowed (audio/realtime.py)
 
 
 @dataclass

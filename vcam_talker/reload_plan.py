@@ -85,9 +85,15 @@ def plan(old: Config, new: Config, old_spec: WindowSpec, new_spec: WindowSpec, *
         # a new classic engine is built with the new tuning already
         tuning=new.engine.classic != old.engine.classic and new.engine.name == "classic" and not engine,
         audio_input=(new.audio.input != old.audio.input or new.audio.block_ms != old.audio.block_ms
-                     or new.audio.helper != old.audio.helper),
-        audio_output=new.audio.output != old.audio.output or new.audio.helper != old.audio.helper,
+                     or _helper_changed(new, old)),
+        audio_output=new.audio.output != old.audio.output or _helper_changed(new, old),
         trim=new.audio.trim_ms != old.audio.trim_ms,
         log_level=new.log_level != old.log_level,
         status_server=new.status.http != old.status.http or new.control != old.control,
     )
+
+
+def _helper_changed(new: Config, old: Config) -> bool:
+    """Where the devices run (audio.helper) or at what priority (audio.realtime, applied
+    as each device opens): both ends reopen."""
+    return (new.audio.helper, new.audio.realtime) != (old.audio.helper, old.audio.realtime)

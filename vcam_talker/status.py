@@ -59,7 +59,7 @@ def status(d: Daemon) -> dict:
     s["muted"] = d.muted  # the animation ignores the voice; the mic still plays it
     s["test_sync"] = d.sync.last
     if (h := d.audio.helper) is not None:  # the process the devices run in (audio/helper.py)
-        s["audio_helper"] = {"pid": h.pid, "starts": h.starts, "last_exit": h.last_exit}
+        s["audio_helper"] = {"pid": h.pid, "starts": h.starts, "last_exit": h.last_exit, "realtime": h.realtime_state}
     if d.audio.capture is not None:
         cs = d.audio.capture.stats
         s["capture"] = {k: getattr(cs, k) for k in ("nan_samples", "clipped_samples", "overflows")}

@@ -49,6 +49,8 @@ class AudioHelper:
         self._closed = False
         self.starts = 0  # helpers started so far: a part opened in an earlier one is gone
         self.last_exit: str | None = None  # why the last one ended, in one line
+        self.realtime = 0  # the priority each open asks for (0: normal scheduling)
+        self._realtime_state = "normal"
 
     def call(self, *req, timeout: float = CALL_TIMEOUT_S, spawn: bool = False):
         """Send one request, return its value; AudioError (DeviceError for a device) when
@@ -71,6 +73,16 @@ class AudioHelper:
         if tag == "ok":
             return value
         raise (DeviceError if tag == "DeviceError" else AudioError)(value)
+
+    @property
+    def realtime_state(self) -> str:
+        """What the helper's threads run at now, in a few words (audio/realtime.py)."""
+        if self.pid is not None:
+            try:
+                self._realtime_state = self.call("realtime")
+            except AudioError:  # gone: what it last said
+                pass
+        return self._realtime_state
 
     @property
     def pid(self) -> int | None:
@@ -170,7 +182,9 @@ class _Remote:
         self.info: dict = {}
 
     def start(self):
-        self.info = self.helper.call("open", self.kind, self.name, self.kwargs, timeout=START_TIMEOUT_S, spawn=True)
+        self.info = self.helper.call("open", self.kind, self.name, self.kwargs, self.helper.realtime,
+                                     timeout=START_TIMEOUT_S, spawn=True)
+        self.helper._realtime_state = self.info.get("realtime", "normal")
         self.info["name"] = self.info.get("device_name", self.name)
         self._gen = self.helper.starts
         return self
@@ -220,13 +234,6 @@ class RemoteCapture(_Remote):
 
     kind = "capture"
     _stats_type = CaptureStats
-
-    @property
-    def running(self) -> bool:
-        return bool(self._do("running", default=False))
-
-    def wait_ready(self, timeout: float = 5.0) -> bool:
-        return bool(self._do("wait_ready", timeout, default=False))
 
 
 class RemotePlayback(_Remote):

@@ -7,11 +7,13 @@ helper.py). It obeys one request at a time from its socket and exits when the da
 closes it or dies (the socket reads end-of-file).
 
 Requests (tuples) and answers (``("ok", value)`` or ``(error kind, message)``):
-- ``("open", kind, name, kwargs)``: kind "capture" or "playback"; ``name`` is the
-  configured device, routed here (routing sets PULSE_SINK/PULSE_SOURCE in this process);
+- ``("open", kind, name, kwargs, realtime)``: kind "capture" or "playback"; ``name`` is
+  the configured device, routed here (routing sets PULSE_SINK/PULSE_SOURCE in this
+  process); then every thread to realtime priority ``realtime`` (0: normal; realtime.py);
 - ``("close", kind)``;
 - ``("do", kind, attr, args)``: an attribute's value, or the method called with args
   (exceptions as values come back as their one-line text);
+- ``("realtime",)``: what the threads' scheduling is now, in a few words;
 - ``("clicks", samples)``: test sync's marks (ring samples; None ends it), answered with
   each mark's click DAC time so far.
 """
@@ -33,6 +35,7 @@ class Helper:
         self.parts: dict = {"capture": None, "playback": None}
         self.track = None  # test sync's ClickTrack while one runs
         self.marks: list = []  # its marks, in the daemon's order
+        self.realtime = (0, "normal")  # (priority asked for, what was done)
 
     def handle(self, req: tuple):
         op = req[0]
@@ -45,9 +48,12 @@ class Helper:
             return self.do(*req[1:])
         if op == "clicks":
             return self.clicks(req[1])
+        if op == "realtime":
+            return self.realtime[1]
         raise ValueError(f"unknown request {op!r}")
 
-    def open(self, kind: str, name: str, kwargs: dict) -> dict:
+    def open(self, kind: str, name: str, kwargs: dict, realtime: int = 0) -> dict:
+        from vcam_talker.audio import realtime as rt
         from vcam_talker.audio.routing import route_device
 
         self.close(kind)
@@ -63,7 +69,13 @@ class Helper:
             raise ValueError(f"unknown part {kind!r}")
         part.start()
         self.parts[kind] = part
-        return {"device_rate": part.device_rate, "channels": part.channels, "device_name": part.info["name"]}
+        if kind == "capture" and realtime > 0:
+            part.wait_ready(2.0)  # PortAudio polls busily until the first block (realtime.py)
+        # after the open: the stream's own threads (PortAudio's, libpulse's) exist now
+        if realtime > 0 or self.realtime[0] > 0:
+            self.realtime = (realtime, rt.apply(realtime))
+        return {"device_rate": part.device_rate, "channels": part.channels, "device_name": part.info["name"],
+                "realtime": self.realtime[1]}
 
     def close(self, kind: str) -> None:
         part, self.parts[kind] = self.parts.get(kind), None
@@ -114,6 +126,10 @@ def serve(conn: Connection, helper: Helper) -> None:
 
     while True:
         try:
+            # a signal's Python handler runs only here, on the main thread: realtime.guard's
+            # SIGXCPU must not wait for the next request
+            if not conn.poll(0.05):
+                continue
             req = conn.recv()
         except (EOFError, OSError):
             return
@@ -143,11 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="vcam-talker: %(levelname)s: %(message)s", stream=sys.stderr)
+    from vcam_talker.audio import realtime
     from vcam_talker.audio.ring import AudioRing
 
     ring = AudioRing.attach(a.ring, a.rate, a.capacity)
     conn = Connection(a.sock)
     helper = Helper(ring)
+
+    def dropped(why: str) -> None:
+        helper.realtime = (0, why)
+        log.warning("audio helper: realtime priority %s; normal scheduling from now on", why)
+    realtime.guard(dropped)
     conn.send(("ready", None))
     try:
         serve(conn, helper)

@@ -179,10 +179,13 @@ class AudioPorts:
 
     def _helper(self):
         """The audio helper process (audio/helper.py), started with the first device."""
+        from vcam_talker.audio import realtime
+
         if self.helper is None:
             from vcam_talker.audio.helper import AudioHelper
 
             self.helper = AudioHelper(self.ring)
+        self.helper.realtime = realtime.PRIORITY if self.cfg.realtime else 0
         return self.helper
 
     def after_stall(self, now: float) -> None:

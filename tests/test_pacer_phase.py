@@ -78,6 +78,7 @@ def test_a_delay_step_moves_the_frames_at_once(fps, step_s):
     catch_up = int(np.ceil(abs(step_s) / period)) + 1
     late = np.abs(err[after][catch_up:])
     assert late.max() < 0.003, f"frames off by up to {1e3 * late.max():.0f} ms after the step settled"
-    # no gap above two periods (a hold is a repeat, not a frozen camera) and no index goes back
-    assert np.diff(times).max() <= 2 * period + 1e-9 and np.all(np.diff(idx) >= 0)
+    # no gap over 1.5 periods (a hold is a repeat, not a frozen camera; the live tests allow
+    # two, and a tick on a busy machine comes a few ms late) and no index goes back
+    assert np.diff(times).max() <= 1.5 * period + 1e-9 and np.all(np.diff(idx) >= 0)
     assert abs(delays[-1] - 0.270 - step_s) < 1e-9

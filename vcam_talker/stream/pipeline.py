@@ -280,9 +280,9 @@ class Pacer(threading.Thread):
         whole period as the clocks drift). The grid moves a period per tick and is steered
         towards that moment by at most MAX_SLEW_S per tick; beyond 1.5 periods of error it
         just keeps the period. A step of the delay (the mic steps in the same pause) moves
-        the grid at once: a fall sends the newest due frame now, a rise holds the frame a
-        period at a time; slewing 140 ms at 10 fps had kept the lips late for 7 s. Before
-        any audio: a plain period, no frame index."""
+        the grid at once: a fall skips to the first frame not yet past its moment, a rise
+        holds the frame a period at a time; slewing 140 ms at 10 fps had kept the lips late
+        for 7 s. Before any audio: a plain period, no frame index."""
         period = 1.0 / self.fps
         free = last + period
         if self.delay.value != self._grid_delay:
@@ -299,8 +299,8 @@ class Pacer(threading.Thread):
         k = self._due + 1
         ideal = moment(k)
         if self._stepping:
-            if ideal > last + 2 * period:  # a rise: hold this frame (no gap above two periods)
-                return free, None
+            if ideal > last + 1.5 * period:  # a rise: hold this frame (no gap over 1.5 periods,
+                return free, None  # so a late tick on a busy machine stays under two)
             if ideal < now:  # a fall: skip to the first frame not yet past its moment
                 k += int((now - ideal) * self.fps)
                 while moment(k) < now:

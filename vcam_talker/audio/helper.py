@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 #: seconds to wait for the helper to start (imports) and for an answer
 START_TIMEOUT_S = 20.0
 CALL_TIMEOUT_S = 5.0
+#: a query waits this long for a request in progress (an open on a restarting sound
+#: server takes seconds), then answers from its last value: the frame thread asks too
+QUERY_WAIT_S = 0.01
+
+
+class HelperBusy(Exception):
+    """Another request holds the helper (see QUERY_WAIT_S)."""
 
 
 class AudioHelper:
@@ -52,10 +59,14 @@ class AudioHelper:
         self.realtime = 0  # the priority each open asks for (0: normal scheduling)
         self._realtime_state = "normal"
 
-    def call(self, *req, timeout: float = CALL_TIMEOUT_S, spawn: bool = False):
+    def call(self, *req, timeout: float = CALL_TIMEOUT_S, spawn: bool = False, wait: float = -1):
         """Send one request, return its value; AudioError (DeviceError for a device) when
-        it failed or the helper is gone. Only ``spawn`` (opening a device) starts one."""
-        with self._lock:
+        it failed or the helper is gone. Only ``spawn`` (opening a device) starts one.
+        ``wait``: how long another request may hold the helper (an open takes up to
+        seconds) before :class:`HelperBusy`; -1 waits for it."""
+        if not self._lock.acquire(timeout=wait):
+            raise HelperBusy(req[0])
+        try:
             if self._closed:
                 raise AudioError("the audio helper is closed")
             conn = self._ensure(spawn)
@@ -70,6 +81,8 @@ class AudioHelper:
                 code = self._kill()
                 self.last_exit = f"audio helper exited ({self._why(code, exc)})"
                 raise AudioError(self.last_exit) from None
+        finally:
+            self._lock.release()
         if tag == "ok":
             return value
         raise (DeviceError if tag == "DeviceError" else AudioError)(value)
@@ -79,8 +92,8 @@ class AudioHelper:
         """What the helper's threads run at now, in a few words (audio/realtime.py)."""
         if self.pid is not None:
             try:
-                self._realtime_state = self.call("realtime")
-            except AudioError:  # gone: what it last said
+                self._realtime_state = self.call("realtime", wait=QUERY_WAIT_S)
+            except (AudioError, HelperBusy):  # gone or busy: what it last said
                 pass
         return self._realtime_state
 
@@ -203,12 +216,18 @@ class _Remote:
         if self._error is not None:
             return self._last.get(attr, default)
         try:
-            value = self.helper.call("do", self.kind, attr, args)
+            self._flush()
+            value = self.helper.call("do", self.kind, attr, args, wait=QUERY_WAIT_S)
+        except HelperBusy:
+            return self._last.get(attr, default)
         except AudioError as exc:
             self._error = exc
             return self._last.get(attr, default)
         self._last[attr] = value
         return value
+
+    def _flush(self) -> None:
+        """Send what was set while the helper was busy (RemotePlayback's target)."""
 
     @property
     def error(self) -> BaseException | None:
@@ -246,11 +265,19 @@ class RemotePlayback(_Remote):
         super().__init__(helper, name, kwargs)
         self.target_delay = float(kwargs.get("target_delay", 0.15))
         self.trim_s = float(kwargs.get("trim_s", 0.0))
+        self._target_sent = True  # the open's kwargs carry it
         self._click = None
 
     def set_target_delay(self, seconds: float) -> None:
+        """Sent at once, or with the next query when the helper is busy (never waits)."""
         self.target_delay = float(seconds)
-        self._do("set_target_delay", float(seconds))
+        self._target_sent = False
+        self._do("position")  # any query sends it first
+
+    def _flush(self) -> None:
+        if not self._target_sent:
+            self.helper.call("do", self.kind, "set_target_delay", (self.target_delay,), wait=QUERY_WAIT_S)
+            self._target_sent = True
 
     @property
     def target(self) -> float:
@@ -269,6 +296,7 @@ class RemotePlayback(_Remote):
         return float(self._do("position", default=float("nan")))
 
     def in_pause(self, ahead_s: float | None = 0.06) -> bool:
+        self._last.pop("in_pause", None)  # busy: not known to be a pause now
         return bool(self._do("in_pause", ahead_s, default=False))
 
     def mark_click(self, click) -> None:

@@ -24,6 +24,8 @@ import argparse
 import logging
 import signal
 import sys
+import threading
+import time
 from multiprocessing.connection import Connection
 
 log = logging.getLogger("vcam_talker.audio.helper")
@@ -36,6 +38,8 @@ class Helper:
         self.track = None  # test sync's ClickTrack while one runs
         self.marks: list = []  # its marks, in the daemon's order
         self.realtime = (0, "normal")  # (priority asked for, what was done)
+        self._rt_gen = 0  # promotions scheduled so far: only the newest applies
+        self._rt_lock = threading.Lock()
 
     def handle(self, req: tuple):
         op = req[0]
@@ -52,11 +56,38 @@ class Helper:
             return self.realtime[1]
         raise ValueError(f"unknown request {op!r}")
 
+    def schedule_realtime(self, priority: int) -> None:
+        """Every thread to ``priority`` (realtime.apply), from a thread of its own: a
+        promotion waits for the input's first block (until then PortAudio's capture thread
+        polls busily, see realtime.py), and a request must not wait with it (the daemon's
+        frame thread asks too)."""
+        from vcam_talker.audio import realtime as rt
+
+        self._rt_gen += 1
+        gen, cap = self._rt_gen, self.parts.get("capture")
+        if priority > 0:
+            self.realtime = (priority, "pending: after the input's first block")
+
+        def run() -> None:
+            deadline = time.monotonic() + 5.0
+            while priority > 0 and cap is not None and cap.stats.blocks == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)  # its own first block: the ring may have other writers
+            with self._rt_lock:  # the newest applies last
+                if gen == self._rt_gen:
+                    self.realtime = (priority, rt.apply(priority))
+        threading.Thread(target=run, name="vcam-realtime", daemon=True).start()
+
     def open(self, kind: str, name: str, kwargs: dict, realtime: int = 0) -> dict:
         from vcam_talker.audio import realtime as rt
         from vcam_talker.audio.routing import route_device
 
         self.close(kind)
+        if self.realtime[0] > 0:
+            # a new stream's threads inherit this thread's policy: at normal priority until
+            # the input delivers (a fresh capture thread polls busily until then)
+            with self._rt_lock:
+                self._rt_gen += 1
+                self.realtime = (0, rt.apply(0))
         if kind == "capture":
             from vcam_talker.audio.capture import AudioCapture
 
@@ -69,11 +100,9 @@ class Helper:
             raise ValueError(f"unknown part {kind!r}")
         part.start()
         self.parts[kind] = part
-        if kind == "capture" and realtime > 0:
-            part.wait_ready(2.0)  # PortAudio polls busily until the first block (realtime.py)
         # after the open: the stream's own threads (PortAudio's, libpulse's) exist now
         if realtime > 0 or self.realtime[0] > 0:
-            self.realtime = (realtime, rt.apply(realtime))
+            self.schedule_realtime(realtime)
         return {"device_rate": part.device_rate, "channels": part.channels, "device_name": part.info["name"],
                 "realtime": self.realtime[1]}
 
@@ -168,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def dropped(why: str) -> None:
         helper.realtime = (0, why)
-        log.warning("audio helper: realtime priority %s; normal scheduling from now on", why)
+        log.warning("audio helper: realtime priority %s; normal scheduling until the devices reopen", why)
     realtime.guard(dropped)
     conn.send(("ready", None))
     try:

@@ -202,3 +202,39 @@ def test_daemon_survives_its_audio_helper_killed(tmp_path, pulse_server):
     assert len(gaps) > 50 and gaps.max() < 0.5, gaps.max()
     log = "\n".join(line for _, line in d.lines)
     assert "Traceback" not in log
+
+
+def test_queries_do_not_wait_behind_a_long_request(pulse_server):
+    """The frame thread asks the helper about the mic: while another request holds the
+    helper (an open on a restarting server takes seconds; here the lock is held as such a
+    request holds it), a query answers from its last value within QUERY_WAIT_S, and a new
+    target delay is sent with the first query after."""
+    from vcam_talker.audio.helper import QUERY_WAIT_S
+
+    ring = AudioRing(16000, 5.0, shared=True)
+    helper = AudioHelper(ring)
+    try:
+        pb = RemotePlayback(helper, "vcam_mic_sink", {"target_delay": 0.15}).start()
+        t0 = time.monotonic()
+        for i in range(100):
+            ring.write(np.zeros(160, np.float32), t0 + i * 0.01)
+            time.sleep(0.01)
+        last, d0 = pb.stats.callbacks, pb.current_delay
+        assert last > 0 and 0 < d0 < 2.0, (last, d0)
+        helper._lock.acquire()  # a request in progress
+        try:
+            t = time.monotonic()
+            stats, delay = pb.stats, pb.current_delay
+            pb.set_target_delay(0.3)
+            paused = pb.in_pause()
+            took = time.monotonic() - t
+        finally:
+            helper._lock.release()
+        # four queries, each at most QUERY_WAIT_S (and scheduling) behind the held lock
+        assert took < 4 * QUERY_WAIT_S + 0.1, took
+        assert stats.callbacks == last and delay == d0  # the last values, not defaults
+        assert paused is False  # not known to be a pause now
+        assert pb.error is None  # busy is no failure
+        assert helper.call("do", "playback", "target_delay", ()) == 0.3  # sent with that query
+    finally:
+        helper.close()

@@ -90,6 +90,32 @@ def test_helper_threads_run_realtime_and_back_to_normal(pulse_server):
         helper.close()
 
 
+@pytest.mark.skipif(not may_use_realtime(), reason="needs root, CAP_SYS_NICE or an RLIMIT_RTPRIO of 4")
+def test_a_failed_open_leaves_the_playing_end_realtime(pulse_server):
+    """An open demotes the helper first (a new stream's threads inherit the policy); when
+    it fails (the input device is away and the supervisor retries), the mic that plays on
+    goes back to realtime instead of staying normal until the next good open."""
+    from vcam_talker.errors import DeviceError
+
+    ring = AudioRing(16000, 5.0, shared=True)
+    helper = AudioHelper(ring)
+    helper.realtime = realtime.PRIORITY
+    try:
+        pb = RemotePlayback(helper, "vcam_mic_sink", {"target_delay": 0.15}).start()
+        assert wait_for_state(helper, "SCHED_FIFO").startswith("SCHED_FIFO"), helper.realtime_state
+        with pytest.raises(DeviceError):
+            RemoteCapture(helper, "no-such-input-device", {}).start()
+        state = wait_for_state(helper, "SCHED_FIFO")
+        got = policies(helper.pid)
+        assert state.startswith(f"SCHED_FIFO {realtime.PRIORITY}"), state
+        assert set(got.values()) == {(os.SCHED_FIFO, realtime.PRIORITY)}, got
+        calls = pb.stats.callbacks
+        time.sleep(0.5)
+        assert pb.stats.callbacks > calls and pb.error is None  # the mic played on
+    finally:
+        helper.close()
+
+
 CHILD = textwrap.dedent("""
     import json, os, sys, time
     from vcam_talker.audio import realtime

@@ -77,28 +77,39 @@ class Helper:
                     self.realtime = (priority, rt.apply(priority))
         threading.Thread(target=run, name="vcam-realtime", daemon=True).start()
 
-    def open(self, kind: str, name: str, kwargs: dict, realtime: int = 0) -> dict:
+    def _apply_now(self, priority: int) -> None:
+        """Every thread to ``priority`` at once; a promotion still pending is void."""
         from vcam_talker.audio import realtime as rt
+
+        with self._rt_lock:
+            self._rt_gen += 1
+            self.realtime = (priority, rt.apply(priority))
+
+    def open(self, kind: str, name: str, kwargs: dict, realtime: int = 0) -> dict:
         from vcam_talker.audio.routing import route_device
 
         self.close(kind)
-        if self.realtime[0] > 0:
+        before = self.realtime[0]
+        if before > 0:
             # a new stream's threads inherit this thread's policy: at normal priority until
             # the input delivers (a fresh capture thread polls busily until then)
-            with self._rt_lock:
-                self._rt_gen += 1
-                self.realtime = (0, rt.apply(0))
-        if kind == "capture":
-            from vcam_talker.audio.capture import AudioCapture
+            self._apply_now(0)
+        try:
+            if kind == "capture":
+                from vcam_talker.audio.capture import AudioCapture
 
-            part = AudioCapture(route_device(name, "input"), self.ring, **kwargs)
-        elif kind == "playback":
-            from vcam_talker.audio.playback import DelayedPlayback
+                part = AudioCapture(route_device(name, "input"), self.ring, **kwargs)
+            elif kind == "playback":
+                from vcam_talker.audio.playback import DelayedPlayback
 
-            part = DelayedPlayback(route_device(name, "output"), self.ring, **kwargs)
-        else:
-            raise ValueError(f"unknown part {kind!r}")
-        part.start()
+                part = DelayedPlayback(route_device(name, "output"), self.ring, **kwargs)
+            else:
+                raise ValueError(f"unknown part {kind!r}")
+            part.start()
+        except BaseException:
+            if before > 0:  # the other end plays on: back to where it was
+                self.schedule_realtime(before)
+            raise
         self.parts[kind] = part
         # after the open: the stream's own threads (PortAudio's, libpulse's) exist now
         if realtime > 0 or self.realtime[0] > 0:

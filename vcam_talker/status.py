@@ -48,7 +48,8 @@ def status(d: Daemon) -> dict:
             s["audio_delay_ms"] = round(cd * 1e3, 1)
             s["av_offset_ms"] = round((cd - d.audio_delay()) * 1e3, 1)
         # counters over the daemon's life (a reopened output starts its own from 0)
-        s["playback"] = {"speed": round(ps.speed, 4), **d.audio.playback_totals(ps)}
+        s["playback"] = {"speed": round(ps.speed, 4), "clock_ratio": round(ps.clock_ratio, 5),
+                         **d.audio.playback_totals(ps)}
     parts = latency_parts(d.audio_delay(), d.windower.spec.after_s, d.ring.arrival_lag, d.delay.median_ready())
     if parts is not None:  # the audio delay split up; the parts sum to the total
         s["latency_ms"] = parts.as_ms()

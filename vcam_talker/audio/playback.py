@@ -11,6 +11,9 @@ and corrected:
 * in speech, when the error is above 15 ms or no silence came for 2 s, the resampler
   runs up to ``max_stretch`` (1.5 %) faster or slower; no sample is ever dropped.
 
+Its base speed is the input clock's rate over the output's (clockrate.py, learnt from the
+same timestamps), so a drift between the devices builds up no error inside an utterance.
+
 The work is done in the callback itself (a few hundred microseconds per block): a
 separate thread and FIFO would add latency and blur which sample is playing when.
 """
@@ -25,6 +28,7 @@ import time
 import numpy as np
 
 from vcam_talker.audio.capture import close_stream, import_sounddevice, pick_channels, pick_rate, resolve_device
+from vcam_talker.audio.clockrate import ClockRate
 from vcam_talker.audio.dsp import StreamResampler
 from vcam_talker.audio.ring import AudioRing
 from vcam_talker.audio.splice import ring_peak, silent_around, silent_run
@@ -113,6 +117,8 @@ class DelayedPlayback:
         self._untimed = 0
         self._jumps = 0
         self._t_first = float("inf")
+        self._clock_in, self._clock_out = ClockRate(), ClockRate()  # the ring's and the DAC's clocks
+        self._frames_out = 0  # device frames rendered: the DAC clock's reading
 
     # -- control -----------------------------------------------------------------------
 
@@ -271,7 +277,9 @@ class DelayedPlayback:
         self._catch_up_overwritten(rs)
         target = self.target
         p_before = rs.position
-        measured = dac_time - ring.time_of(p_before)
+        t_in = ring.time_of(p_before)
+        measured = dac_time - t_in
+        base = self._base_speed(t_in, p_before, dac_time)
         if measured - target > self.RESYNC_S:
             # after a stall (suspend, SIGSTOP) the delay is seconds too long: gliding back
             # at 1.5 % would take minutes, so jump to the sample due now and count the loss
@@ -327,8 +335,9 @@ class DelayedPlayback:
             self._stretching = True
         want = 1.0 + float(np.clip(residual / self._stretch_tau, -self.max_stretch, self.max_stretch)) \
             if self._stretching else 1.0
+        want += base - 1.0
         if spliced:  # in silence a speed step is inaudible
-            rs.speed = 1.0
+            rs.speed = base
         else:
             rs.speed += float(np.clip(want - rs.speed, -self._max_slew, self._max_slew))
 
@@ -354,13 +363,24 @@ class DelayedPlayback:
                     self._stats.dry_blocks += 1
                     self._stats.hiccups += 1
         self._est = est
+        self._frames_out += frames
         self._pred = d0 + frames / self.device_rate - (rs.position - p_before) / ring.sample_rate
         with self._lock:
             self._stats.speed = rs.speed
+            self._stats.clock_ratio = base
         np.clip(out, -1.0, 1.0, out=out)
         return out
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _base_speed(self, t_in: float, p: float, dac_time: float) -> float:
+        """The speed that keeps the delay as it is: ring samples arrive at the input
+        clock's rate, device frames leave at the output clock's (both against
+        time.monotonic). ``t_in``: capture time of ring position ``p``; ``dac_time``: when
+        the next frame (number ``_frames_out``) is heard."""
+        self._clock_in.add(t_in, t_in - p / self.ring.sample_rate)
+        self._clock_out.add(dac_time, dac_time - self._frames_out / self.device_rate)
+        return self._clock_in.ratio / self._clock_out.ratio
 
     def _count(self, *, starved: int = 0, inserted: int = 0, removed: int = 0, lost: int = 0) -> None:
         with self._lock:

@@ -52,6 +52,8 @@ class PlaybackStats:
     latency_s: the PortAudio output latency the stream was opened with.
     dry_waits: blocks that found the ring short but waited (while not yet due) and got
         the input: after a stall of the process, see DelayedPlayback.DRY_WAIT_S.
+    clock_ratio: the input clock's rate over the output's, as learnt (clockrate.py):
+        the base of ``speed`` (1.005: the input delivers 0.5 % more samples a second).
     """
 
     underflows: int = 0
@@ -68,3 +70,4 @@ class PlaybackStats:
     hiccups: int = 0
     latency_s: float = float("nan")
     dry_waits: int = 0
+    clock_ratio: float = 1.0

@@ -36,6 +36,7 @@ from vcam_talker.audio.capture import AudioCapture
 from vcam_talker.audio.ring import AudioRing
 from vcam_talker.daemon import Daemon
 from vcam_talker.engines.classic.engine import ClassicEngine
+from vcam_talker.web.metrics import DaemonCollector
 
 TEXTS = ["Hello, can you hear me?", "Papa bought a big map.", "Yes, we are in sync.",
          "Good morning to you all.", "The clocks differ a little.", "Nothing is lost at all."]
@@ -117,6 +118,7 @@ def test_skewed_input_clock_is_corrected(pulse_server, speech, mouth_crop, skew,
         assert mic_in.done.wait(len(speech) / RATE + 10)
         time.sleep(1.5)
         status = daemon.status()
+        scraped = {f.name: f.samples[0].value for f in DaemonCollector(daemon).collect() if f.samples}
     finally:
         daemon.stop()
         rec.stop()
@@ -167,6 +169,7 @@ def test_skewed_input_clock_is_corrected(pulse_server, speech, mouth_crop, skew,
     # daemon's monotonic clock), and the playback learnt the ratio of the two clocks
     assert abs(fps / 25.0 - (1.0 + skew)) < 0.003, fps
     assert abs(pb["clock_ratio"] - (1.0 + skew)) < 0.001, pb
+    assert abs(scraped["vcam_talker_audio_clock_ratio"] - (1.0 + skew)) < 0.001  # GET /metrics
     # the mic keeps its delay: no trend of 5 ms a second (the uncorrected drift would walk
     # 102 ms). The delay itself may change in a pause, when the video's needs or the
     # audio's headroom change (tens of ms on a busy machine), so a fit over 6 utterances

@@ -58,8 +58,7 @@ class ClassicConfig:
 
 @dataclass
 class SadTalkerConfig:
-    # the checkpoints exist for these only
-    size: int = _f(256, choices=(256, 512))
+    size: int = _f(256, choices=(256, 512))  # the checkpoints exist for these only
     preprocess: str = _f("crop", choices=("crop", "extcrop", "full", "extfull", "resize"))
     still: bool = _f(False)
     pose_style: int = _f(0, range=(0, 45))

@@ -114,9 +114,16 @@ def test_skewed_input_clock_is_corrected(pulse_server, speech, mouth_crop, skew,
         assert daemon.first_frame.wait(10), "no frame published"
         time.sleep(3.0)  # the first delay estimate settles (as in the live tests)
         start = ring.end
+        targets, probing = [], threading.Event()
+
+        def probe() -> None:  # the mic's target over time: the delay moves in pauses
+            while not probing.wait(0.05):
+                targets.append((time.monotonic(), daemon.audio_delay()))
+        threading.Thread(target=probe, name="target-probe", daemon=True).start()
         mic_in.speak()
         assert mic_in.done.wait(len(speech) / RATE + 10)
         time.sleep(1.5)
+        probing.set()
         status = daemon.status()
         scraped = {f.name: f.samples[0].value for f in DaemonCollector(daemon).collect() if f.samples}
     finally:
@@ -134,6 +141,8 @@ def test_skewed_input_clock_is_corrected(pulse_server, speech, mouth_crop, skew,
     mic_on = mic_t0 + onsets(envelope(mic))
     assert len(src_on) == len(TEXTS) and len(mic_on) == len(TEXTS), (src_on, mic_on)
     latency = mic_on - src_on
+    tt, tv = np.array(targets).T
+    beyond = latency - np.interp(mic_on, tt, tv)  # the mic's latency beyond its target then
     # nothing lost: the mic against the speech as spoken. The daemon heard it sampled by
     # the skewed clock (0.5 % more or fewer samples); the playback plays those at the
     # clock ratio it learnt, so the voice comes out at the rate it was spoken (at the
@@ -153,7 +162,7 @@ def test_skewed_input_clock_is_corrected(pulse_server, speech, mouth_crop, skew,
     span_s = len(speech) / RATE
     with capsys.disabled():
         print(f"\ndrift {skew:+.1%}: over {span_s:.1f} s of speech, mic latency per utterance "
-              f"{np.round(latency * 1e3, 1)} ms; A/V offset per utterance {np.round(offsets * 1e3, 1)} ms; "
+              f"{np.round(latency * 1e3, 1)} ms (beyond its target {np.round(beyond * 1e3, 1)} ms); A/V offset per utterance {np.round(offsets * 1e3, 1)} ms; "
               f"{len(idx)} loud chunks, correlation median {np.median(corrs):.3f}, min {corrs.min():.3f}; "
               f"lag walk {np.ptp(lags) / RATE * 1e3:.1f} ms (uncorrected the mic "
               f"would walk {abs(skew) * span_s * 1e3:.0f} ms); fps {fps:.3f}; frames repeated "
@@ -170,12 +179,14 @@ def test_skewed_input_clock_is_corrected(pulse_server, speech, mouth_crop, skew,
     assert abs(fps / 25.0 - (1.0 + skew)) < 0.003, fps
     assert abs(pb["clock_ratio"] - (1.0 + skew)) < 0.001, pb
     assert abs(scraped["vcam_talker_audio_clock_ratio"] - (1.0 + skew)) < 0.001  # GET /metrics
-    # the mic keeps its delay: no trend of 5 ms a second (the uncorrected drift would walk
-    # 102 ms). The delay itself may change in a pause, when the video's needs or the
-    # audio's headroom change (tens of ms on a busy machine), so a fit over 6 utterances
-    # is held to 0.4 of the drift, not to 0
-    slope = np.polyfit(src_on - src_on[0], latency, 1)[0]
-    assert abs(slope) < 0.4 * abs(skew) and np.ptp(latency) <= 0.08, (slope, latency)
+    # the mic keeps its delay: beyond the target of the moment (the delay itself moves in
+    # pauses when the video's needs or the audio's headroom change, tens of ms on a busy
+    # machine), the latency has no trend of 5 ms a second; uncorrected it would walk 102 ms.
+    # With the input slow it wanders by up to 40 ms (measured), with the A/V offset held:
+    # the capture times of a pipe source fed slowly wander, and picture and mic both
+    # follow them
+    slope = np.polyfit(src_on - src_on[0], beyond, 1)[0]
+    assert abs(slope) < 0.4 * abs(skew) and np.ptp(beyond) <= 0.06, (slope, beyond, latency)
     # lips and voice in every utterance, first to last, within the goal of ±20 ms
     # (uncorrected it would be 100 ms by the end)
     assert np.all(np.abs(offsets) <= 0.020), offsets

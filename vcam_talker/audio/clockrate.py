@@ -4,13 +4,13 @@ A USB microphone's clock is not the virtual sink's: the input may deliver a few 
 ppm more or fewer samples per second than the output consumes. The delayed playback
 corrects the resulting error (splices in pauses, a stretch in speech), but an error
 that grows 5 ms a second (0.5 %) inside a long utterance is seen before it is fixed.
-Knowing the rates, the playback plays at their ratio as its base speed and the error
-does not grow at all (``DelayedPlayback``).
+Knowing the input's rate, the playback plays at it as its base speed and the error does
+not grow at all (``DelayedPlayback``).
 
 A clock is observed as pairs (t, offset): ``t`` a time.monotonic() moment and
 ``offset = t - reading``, where ``reading`` is the clock's count at that moment in
-nominal seconds (ring samples / 16 kHz, frames played / device rate). Its slope is the
-drift: 0.005 means the clock reads 0.5 % slow. Steps of the offset (an overflow that lost
+nominal seconds (ring samples / 16 kHz). Its slope is the drift: 0.005 means the clock
+reads 0.5 % slow. Steps of the offset (an overflow that lost
 samples, a stall, a reopened stream) are not drift: a bin that leaves the learnt line by
 more than :attr:`ClockRate.JUMP_S` starts a new segment, and the last estimate stands
 until that segment spans :attr:`ClockRate.MIN_SPAN_S`.
@@ -26,10 +26,11 @@ class ClockRate:
 
     #: pairs are averaged over bins of this length (s): callbacks jitter by milliseconds
     BIN_S = 1.0
-    #: a segment spanning this long (s) gives an estimate
-    MIN_SPAN_S = 4.0
+    #: a segment spanning this long (s) gives an estimate: a step of a few ms, under
+    #: JUMP_S, bends a shorter fit by more than real clocks drift
+    MIN_SPAN_S = 8.0
     #: the fit uses the newest this many seconds
-    KEEP_S = 30.0
+    KEEP_S = 60.0
     #: a bin this far (s) off the learnt line is a step, not drift (0.5 % moves 5 ms a bin)
     JUMP_S = 0.010
     #: drifts beyond this are not a clock (a test's synthetic times, a broken stamp)

@@ -11,8 +11,8 @@ and corrected:
 * in speech, when the error is above 15 ms or no silence came for 2 s, the resampler
   runs up to ``max_stretch`` (1.5 %) faster or slower; no sample is ever dropped.
 
-Its base speed is the input clock's rate over the output's (clockrate.py, learnt from the
-same timestamps), so a drift between the devices builds up no error inside an utterance.
+Its base speed is the input clock's rate (clockrate.py, learnt from the ring's capture
+times), so a drift of the input builds up no error inside an utterance.
 
 The work is done in the callback itself (a few hundred microseconds per block): a
 separate thread and FIFO would add latency and blur which sample is playing when.
@@ -117,8 +117,7 @@ class DelayedPlayback:
         self._untimed = 0
         self._jumps = 0
         self._t_first = float("inf")
-        self._clock_in, self._clock_out = ClockRate(), ClockRate()  # the ring's and the DAC's clocks
-        self._frames_out = 0  # device frames rendered: the DAC clock's reading
+        self._clock_in = ClockRate()  # the input's clock, from the ring's capture times
 
     # -- control -----------------------------------------------------------------------
 
@@ -279,7 +278,7 @@ class DelayedPlayback:
         p_before = rs.position
         t_in = ring.time_of(p_before)
         measured = dac_time - t_in
-        base = self._base_speed(t_in, p_before, dac_time)
+        base = self._base_speed(t_in, p_before)
         if measured - target > self.RESYNC_S:
             # after a stall (suspend, SIGSTOP) the delay is seconds too long: gliding back
             # at 1.5 % would take minutes, so jump to the sample due now and count the loss
@@ -363,7 +362,6 @@ class DelayedPlayback:
                     self._stats.dry_blocks += 1
                     self._stats.hiccups += 1
         self._est = est
-        self._frames_out += frames
         self._pred = d0 + frames / self.device_rate - (rs.position - p_before) / ring.sample_rate
         with self._lock:
             self._stats.speed = rs.speed
@@ -373,14 +371,15 @@ class DelayedPlayback:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _base_speed(self, t_in: float, p: float, dac_time: float) -> float:
+    def _base_speed(self, t_in: float, p: float) -> float:
         """The speed that keeps the delay as it is: ring samples arrive at the input
-        clock's rate, device frames leave at the output clock's (both against
-        time.monotonic). ``t_in``: capture time of ring position ``p``; ``dac_time``: when
-        the next frame (number ``_frames_out``) is heard."""
+        clock's rate against time.monotonic (``t_in``: capture time of ring position
+        ``p``). The output is taken to run at its nominal rate: the virtual sinks this
+        plays into run on the system clock, and its DAC times, as PortAudio reports them
+        through PulseAudio, showed trends of 500 ppm for many seconds under load that the
+        sink's clock did not have (learning them bent the voice of a clean stream)."""
         self._clock_in.add(t_in, t_in - p / self.ring.sample_rate)
-        self._clock_out.add(dac_time, dac_time - self._frames_out / self.device_rate)
-        return self._clock_in.ratio / self._clock_out.ratio
+        return self._clock_in.ratio
 
     def _count(self, *, starved: int = 0, inserted: int = 0, removed: int = 0, lost: int = 0) -> None:
         with self._lock:

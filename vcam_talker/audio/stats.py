@@ -52,8 +52,9 @@ class PlaybackStats:
     latency_s: the PortAudio output latency the stream was opened with.
     dry_waits: blocks that found the ring short but waited (while not yet due) and got
         the input: after a stall of the process, see DelayedPlayback.DRY_WAIT_S.
-    clock_ratio: the input clock's rate over the output's, as learnt (clockrate.py):
-        the base of ``speed`` (1.005: the input delivers 0.5 % more samples a second).
+    clock_ratio: the input clock's rate against the system clock, as learnt
+        (clockrate.py): the base of ``speed`` (1.005: the input delivers 0.5 % more
+        samples a second).
     """
 
     underflows: int = 0

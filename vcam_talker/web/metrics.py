@@ -111,8 +111,8 @@ class DaemonCollector:
             yield GaugeMetricFamily(p + "av_offset_seconds", "Mic delay minus the delay the picture needs.",
                                     value=s["av_offset_ms"] / 1e3)
         if "clock_ratio" in s.get("playback", {}):
-            yield GaugeMetricFamily(p + "audio_clock_ratio", "Input clock rate over the output's, as the mic "
-                                    "learnt it (its base speed).", value=s["playback"]["clock_ratio"])
+            yield GaugeMetricFamily(p + "audio_clock_ratio", "The input clock's rate against the system "
+                                    "clock, as the mic learnt it (its base speed).", value=s["playback"]["clock_ratio"])
         up = GaugeMetricFamily(p + "up", "1 when the part works (input, output, each sink), else 0.",
                                labels=["part"])
         if s["input"] == "demo" and "input" not in s["health"]:

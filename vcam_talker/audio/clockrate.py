@@ -26,8 +26,8 @@ class ClockRate:
 
     #: pairs are averaged over bins of this length (s): callbacks jitter by milliseconds
     BIN_S = 1.0
-    #: a segment spanning this long (s) gives an estimate: a step of a few ms, under
-    #: JUMP_S, bends a shorter fit by more than real clocks drift
+    #: a segment spanning this long (s) gives an estimate (a step under JUMP_S, a few ms,
+    #: bends a longer fit less)
     MIN_SPAN_S = 8.0
     #: the fit uses the newest this many seconds
     KEEP_S = 60.0

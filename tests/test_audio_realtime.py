@@ -91,10 +91,12 @@ def test_helper_threads_run_realtime_and_back_to_normal(pulse_server):
 
 
 @pytest.mark.skipif(not may_use_realtime(), reason="needs root, CAP_SYS_NICE or an RLIMIT_RTPRIO of 4")
-def test_a_failed_open_leaves_the_playing_end_realtime(pulse_server):
-    """An open demotes the helper first (a new stream's threads inherit the policy); when
-    it fails (the input device is away and the supervisor retries), the mic that plays on
-    goes back to realtime instead of staying normal until the next good open."""
+def test_a_failed_open_leaves_normal_threads_until_a_good_one(pulse_server):
+    """An open demotes the helper first (a new stream's threads inherit the policy). When
+    it fails (the device is away and the supervisor retries every second), the helper
+    stays at normal priority and the mic plays on; the next good open promotes it again.
+    (Promoting after each failed retry was tried: it hung the helper for over 20 s while
+    PipeWire restarted under --load 1.)"""
     from vcam_talker.errors import DeviceError
 
     ring = AudioRing(16000, 5.0, shared=True)
@@ -105,13 +107,16 @@ def test_a_failed_open_leaves_the_playing_end_realtime(pulse_server):
         assert wait_for_state(helper, "SCHED_FIFO").startswith("SCHED_FIFO"), helper.realtime_state
         with pytest.raises(DeviceError):
             RemoteCapture(helper, "no-such-input-device", {}).start()
-        state = wait_for_state(helper, "SCHED_FIFO")
-        got = policies(helper.pid)
-        assert state.startswith(f"SCHED_FIFO {realtime.PRIORITY}"), state
-        assert set(got.values()) == {(os.SCHED_FIFO, realtime.PRIORITY)}, got
+        time.sleep(0.3)
+        assert helper.realtime_state.startswith("normal"), helper.realtime_state
+        assert set(policies(helper.pid).values()) == {(os.SCHED_OTHER, 0)}
         calls = pb.stats.callbacks
         time.sleep(0.5)
         assert pb.stats.callbacks > calls and pb.error is None  # the mic played on
+        RemoteCapture(helper, "vcam_in_monitor", {}).start()  # the device is back
+        state = wait_for_state(helper, "SCHED_FIFO")
+        assert state.startswith(f"SCHED_FIFO {realtime.PRIORITY}"), state
+        assert set(policies(helper.pid).values()) == {(os.SCHED_FIFO, realtime.PRIORITY)}
     finally:
         helper.close()
 

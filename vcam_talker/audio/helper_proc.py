@@ -89,27 +89,24 @@ class Helper:
         from vcam_talker.audio.routing import route_device
 
         self.close(kind)
-        before = self.realtime[0]
-        if before > 0:
+        if self.realtime[0] > 0:
             # a new stream's threads inherit this thread's policy: at normal priority until
-            # the input delivers (a fresh capture thread polls busily until then)
+            # the input delivers (a fresh capture thread polls busily until then). An open
+            # that fails leaves it so until the next good one: promoting again after each
+            # failed retry hung the helper for 20 s and more while PipeWire restarted under
+            # load (test_pulseaudio_killed_and_restarted[pipewire], --load 1)
             self._apply_now(0)
-        try:
-            if kind == "capture":
-                from vcam_talker.audio.capture import AudioCapture
+        if kind == "capture":
+            from vcam_talker.audio.capture import AudioCapture
 
-                part = AudioCapture(route_device(name, "input"), self.ring, **kwargs)
-            elif kind == "playback":
-                from vcam_talker.audio.playback import DelayedPlayback
+            part = AudioCapture(route_device(name, "input"), self.ring, **kwargs)
+        elif kind == "playback":
+            from vcam_talker.audio.playback import DelayedPlayback
 
-                part = DelayedPlayback(route_device(name, "output"), self.ring, **kwargs)
-            else:
-                raise ValueError(f"unknown part {kind!r}")
-            part.start()
-        except BaseException:
-            if before > 0:  # the other end plays on: back to where it was
-                self.schedule_realtime(before)
-            raise
+            part = DelayedPlayback(route_device(name, "output"), self.ring, **kwargs)
+        else:
+            raise ValueError(f"unknown part {kind!r}")
+        part.start()
         self.parts[kind] = part
         # after the open: the stream's own threads (PortAudio's, libpulse's) exist now
         if realtime > 0 or self.realtime[0] > 0:

@@ -10,7 +10,8 @@ GIL would stall the realtime ones behind it.
 Permission: root, CAP_SYS_NICE, or an RLIMIT_RTPRIO of at least :data:`PRIORITY` (a
 systemd unit's ``LimitRTPRIO=``, or limits.conf for the user's session). Without it the
 threads stay as they are and the reason is reported once; rtkit's D-Bus service is not
-asked (decided: no D-Bus client in the helper for now).
+asked (decided, for the reasons the README gives: measured no help on PipeWire, and its
+polkit action needs a logind session, so it cannot be tested here).
 
 A runaway is bounded: RLIMIT_RTTIME sends SIGXCPU to a thread that runs 200 ms at
 realtime without sleeping, and :func:`guard` then puts every thread back to normal

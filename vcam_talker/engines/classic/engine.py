@@ -17,14 +17,15 @@ from vcam_talker.engines.base import Engine
 from vcam_talker.errors import AvatarError
 from vcam_talker.engines.classic.motion import Motion, MotionModel
 from vcam_talker.engines.classic.renderer import Renderer, build_rig
+from vcam_talker.engines.classic import visemes as V
 from vcam_talker.frames import AudioWindow, WindowSpec
 from vcam_talker.safeio import regular_file
 
 SAMPLE_RATE = 16000
-#: audio context before the frame time that the features look at
-BEFORE_S = 0.05
+#: audio context before the frame time that the features look at (the viseme net's history)
+BEFORE_S = V.HISTORY_S
 #: bump when build_rig's arrays change meaning
-RIG_VERSION = "rig-1"
+RIG_VERSION = "rig-2"
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class ClassicEngine(Engine):
             mx0, mx1, my0, my1 = (int(v) for v in av.data["mouth_box"])
             if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and 0 <= mx0 < mx1 <= w and 0 <= my0 < my1 <= h):
                 return "the rig's boxes lie outside the frame"
-            out = Renderer(av.image, av.data).render(Motion(open=1.0, width=1.0, round=1.0, blink=1.0))
+            out = Renderer(av.image, av.data).render(Motion(open=1.0, width=1.0, round=1.0, blink=1.0, tuck=1.0))
         except Exception as exc:
             return f"{type(exc).__name__}: {str(exc)[:200]}"
         return "" if out.shape == (h, w, 3) and out.dtype == np.uint8 else f"renders {out.shape} {out.dtype}"

@@ -1,9 +1,16 @@
 """Audio window → facial motion parameters, plus idle life (blinks, head sway).
 
-The features come from a log-mel spectrogram of the window around the frame time:
-loudness in the voiced band (200–1500 Hz) drives mouth opening, the spectral centroid
-of 250–4000 Hz drives lip spreading (high: "ee") against rounding (low: "oo").
-An adaptive level tracker makes opening independent of the input gain.
+Two things are read from a log-mel spectrogram of the window around the frame time:
+- loudness in the voiced band (200–1500 Hz), through an adaptive level tracker (so the
+  input gain does not matter), says how far the jaw opens;
+- the viseme network (:mod:`.visemes`) says which mouth shape the sound is: shut (p b m),
+  lower lip under the teeth (f v), rounded, spread, open, neutral or rest. Shut closes the
+  lips whatever the loudness (a nasal is voiced and loud in the low band); the others
+  scale the opening and set rounding, spreading and the labiodental tuck.
+
+The shape targets blend by probability and glide with short time constants, which is the
+coarticulation: the network sees 40 ms ahead, so the lips start towards the next sound
+before it is heard, and an /m/ between two vowels still closes.
 """
 
 from __future__ import annotations
@@ -15,20 +22,35 @@ import numpy as np
 
 from vcam_talker.audio.melscale import mel_filters
 from vcam_talker.config import ClassicConfig
+from vcam_talker.engines.classic import visemes as V
 
 
 @dataclass
 class Motion:
-    """One frame's motion. open/blink in [0,1]; width/round in [0,1]; sway in pixels and degrees
-    relative to the face height of 100 px (the renderer scales it)."""
+    """One frame's motion. open/blink in [0,1]; width/round/tuck in [0,1] (tuck: the lower lip
+    drawn up under the upper teeth, for f and v); sway in pixels and degrees relative to the
+    face height of 100 px (the renderer scales it)."""
 
     open: float = 0.0
     width: float = 0.0
     round: float = 0.0
     blink: float = 0.0
+    tuck: float = 0.0
     sway_x: float = 0.0
     sway_y: float = 0.0
     sway_deg: float = 0.0
+
+
+#: each viseme's share of the loudness-driven opening, and its lip targets
+OPENING = {"rest": 0.0, "closed": 0.0, "labiodental": 0.2, "rounded": 0.55, "spread": 0.6, "open": 1.0,
+           "neutral": 0.7}
+_OPEN_W = np.array([OPENING[v] for v in V.VISEMES], np.float32)
+_I = {v: i for i, v in enumerate(V.VISEMES)}
+#: glide time constants, ms (rise, fall): closing must land inside a 40 ms frame
+TAU_CLOSE = (8.0, 15.0)
+TAU_SHAPE = (35.0, 60.0)
+#: the lips start to shut when P(closed) passes SHUT_FROM and are shut SHUT_SPAN above it
+SHUT_FROM, SHUT_SPAN = 0.15, 0.25
 
 
 class LogMel:
@@ -63,8 +85,13 @@ class MotionModel:
         self.mel = LogMel(sample_rate)
         f = self.mel.freqs
         self.voiced = (f >= 200) & (f <= 1500)
-        self.shape_band = (f >= 250) & (f <= 4000)
-        self.shape_freqs = np.log2(f[self.shape_band])
+        self.net = V.shared_net()
+        # mel frames: the viseme context, and the loudness frames from 20 ms before the
+        # frame time to the lookahead (the lips anticipate sound)
+        last = max(self.lookahead - self.mel.n_fft // 2, 0) // self.mel.hop
+        self._offsets = np.arange(min(V.CONTEXT[0] - V.CLOSE_LOOKBACK, -2), max(V.CONTEXT[-1], last) + 1)
+        self._ctx = np.stack([np.searchsorted(self._offsets, V.CONTEXT - k) for k in range(V.CLOSE_LOOKBACK + 1)])
+        self._loud = np.searchsorted(self._offsets, np.arange(-2, last + 1))
         self.reset()
 
     def reset(self) -> None:
@@ -72,6 +99,11 @@ class MotionModel:
         self.width = 0.0
         self.round = 0.0
         self.peak_db = -25.0
+        self.viseme_peak = -25.0
+        self.close = 0.0
+        self.tuck = 0.0
+        self.shape_open = 0.7
+        self.probs = np.zeros(len(V.VISEMES), np.float32)
         rng = np.random.default_rng(self.cfg.seed)
         self._rng = rng
         self._next_blink = float(rng.uniform(0.8, self.cfg.blink_min_s + 0.5))
@@ -79,35 +111,41 @@ class MotionModel:
         # sway: a few slow incommensurate sines; bounded, so it never drifts
         self._phases = rng.uniform(0, 2 * math.pi, 6)
 
-    def _features(self, samples: np.ndarray) -> tuple[float, float]:
-        """Loudness (dBFS-ish) of the voiced band and spread-vs-round in [-1, 1] near the frame time."""
+    def _features(self, samples: np.ndarray) -> tuple[float, np.ndarray]:
+        """Loudness (dBFS-ish) of the voiced band near the frame time, and the viseme
+        probabilities (1 + CLOSE_LOOKBACK, len(VISEMES)): at the frame time, then a hop
+        earlier."""
+        if not np.isfinite(samples).all():  # NaN or inf from a broken source: heard as silence
+            samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
         c = self.before
-        # frames from 20 ms before the frame time to the lookahead: the lips anticipate sound
-        lo = c - int(0.02 * self.sr)
-        hi = c + max(self.lookahead - self.mel.n_fft // 2, 0)
-        centers = np.arange(lo, hi + 1, self.mel.hop)
+        centers = c + self._offsets * self.mel.hop
         db = self.mel(samples, centers)
-        power = 10 ** (db / 10)
-        voiced = 10 * np.log10(power[:, self.voiced].sum(1) + 1e-10)
+        loud = db[self._loud]
+        voiced = 10 * np.log10(np.power(10.0, loud[:, self.voiced] / 10).sum(1) + 1e-10)
         # weight the frame time most, the anticipation less
-        w = np.exp(-0.5 * ((centers - c) / (0.03 * self.sr)) ** 2)
+        w = np.exp(-0.5 * ((centers[self._loud] - c) / (0.03 * self.sr)) ** 2)
         level = float(np.log10((w * 10 ** (voiced / 10)).sum() / w.sum() + 1e-10) * 10)
-        band = power[:, self.shape_band].sum(0)
-        centroid = float((band * self.shape_freqs).sum() / (band.sum() + 1e-12))
-        # log2(Hz): ~9.3 (630 Hz, "oo") .. ~10.8 (1.8 kHz, "ee")
-        spread = float(np.clip((centroid - 10.0) / 0.8, -1.0, 1.0))
-        return level, spread
+        ctx = db[self._ctx]  # (lookback + 1, context, bands): the frame time first
+        self.viseme_peak = V.track_peak(self.viseme_peak, float(np.nan_to_num(V.frame_energy(ctx[0]).max(), nan=-100.0)),
+                                        1.0 / self.fps)
+        probs = self.net(np.stack([V.features(c, self.viseme_peak) for c in ctx]))
+        return (level if math.isfinite(level) else -100.0), probs
 
-    def _smooth(self, cur: float, target: float) -> float:
+    def _smooth(self, cur: float, target: float, taus: tuple[float, float] | None = None) -> float:
         dt = 1.0 / self.fps
-        tau = (self.cfg.attack_ms if target > cur else self.cfg.release_ms) / 1000.0
+        rise, fall = taus or (self.cfg.attack_ms, self.cfg.release_ms)
+        tau = (rise if target > cur else fall) / 1000.0
         a = 1.0 if tau <= 0 else 1.0 - math.exp(-dt / tau)
         return cur + a * (target - cur)
 
     def step(self, samples: np.ndarray, t: float) -> Motion:
         """samples: the frame's audio window (float32, before+after long); t: frame time in s."""
         cfg = self.cfg
-        level, spread = self._features(samples)
+        level, probs = self._features(samples)
+        p = probs[0]
+        self.probs = p
+        # closed: at the frame time or just before it, so a brief closure is not missed
+        p_closed = float(probs[:, _I["closed"]].max())
         # level tracker: fast up, slow down (about 3 s), so quiet speakers still open the mouth
         if level > self.peak_db:
             self.peak_db = level
@@ -120,10 +158,22 @@ class MotionModel:
             target = min(1.0, (level - floor) / max(self.peak_db - floor, 6.0)) ** 1.3
         target *= cfg.mouth_gain
         self.open = self._smooth(self.open, min(target, 1.6))
+        # the shape: p/b/m shut the lips whatever the loudness; the rest share the opening
+        speaking = 1.0 - p[_I["rest"]] - p[_I["closed"]]
+        shape_open = float(p @ _OPEN_W) / max(speaking, 0.05)
+        self.shape_open = self._smooth(self.shape_open, shape_open, TAU_SHAPE)
+        shut = float(np.clip((p_closed - SHUT_FROM) / SHUT_SPAN, 0.0, 1.0))
+        self.close = self._smooth(self.close, shut * shut * (3 - 2 * shut), TAU_CLOSE)
         voiced = min(1.0, self.open * 3.0)
-        self.width = self._smooth(self.width, max(spread, 0.0) * voiced)
-        self.round = self._smooth(self.round, max(-spread, 0.0) * voiced)
-        return Motion(self.open, self.width, self.round, self._blink(t), *self._sway(t))
+        norm = max(speaking + p[_I["closed"]], 0.05)
+        spread = (p[_I["spread"]] + 0.3 * p[_I["open"]]) / norm
+        self.width = self._smooth(self.width, spread * voiced, TAU_SHAPE)
+        self.round = self._smooth(self.round, p[_I["rounded"]] / norm * voiced, TAU_SHAPE)
+        self.tuck = self._smooth(self.tuck, p[_I["labiodental"]] / norm * voiced, TAU_CLOSE)
+        opening = self.open * self.shape_open * (1.0 - self.close)
+        # shut lips press together: the rounding and spreading glide back after the closure
+        press = 1.0 - 0.8 * self.close
+        return Motion(opening, self.width * press, self.round * press, self._blink(t), self.tuck, *self._sway(t))
 
     def _blink(self, t: float) -> float:
         if t >= self._next_blink:

@@ -23,6 +23,9 @@ import math
 import cv2
 import numpy as np
 
+from vcam_talker.engines.classic.cavity import clip as _clip
+from vcam_talker.engines.classic.cavity import smoothstep as _smoothstep
+from vcam_talker.engines.classic.cavity import paint_cavity, teeth_colour
 from vcam_talker.engines.classic.motion import Motion
 
 UPPER_OUTER = [48, 49, 50, 51, 52, 53, 54]
@@ -39,16 +42,6 @@ def _curve(lm: np.ndarray, ids: list[int], xs: np.ndarray) -> np.ndarray:
     px, py = pts[order, 0], pts[order, 1]
     px = np.maximum.accumulate(px + np.arange(len(px)) * 1e-3)  # strictly increasing for interp
     return np.interp(xs, px, py).astype(np.float32)
-
-
-def _clip(x, lo: float = 0.0, hi: float = 1.0):
-    """np.clip without its Python wrapper (4-5 µs a call, dozens of calls a frame)."""
-    return np.minimum(np.maximum(x, lo), hi)
-
-
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = _clip(x)
-    return x * x * (3 - 2 * x)
 
 
 def build_rig(image: np.ndarray, lm: np.ndarray) -> dict[str, np.ndarray]:
@@ -91,17 +84,21 @@ def build_rig(image: np.ndarray, lm: np.ndarray) -> dict[str, np.ndarray]:
         jaw + 0.3 * face_h,
     ])
     knots = np.maximum.accumulate(knots, axis=0)
-    my0 = int(max(y0, math.floor(knots[0].min()) - 1))
+    # rows above the philtrum too: the lips' horizontal motion fades out there, not at a seam
+    my0 = int(max(y0, math.floor(knots[0].min() - 0.1 * face_h)))
     my1 = int(min(y1, math.ceil(knots[-1].max()) + 2))
     mouth_c = np.array([(lm[48, 0] + lm[54, 0]) / 2, lm[[62, 66], 1].mean()], np.float32)
     inner_half = max((lm[64, 0] - lm[60, 0]) / 2, 2.0) * 1.05
     # jaw follows the chin fully and fades towards the jaw angles
     jaw_w = np.clip(1 - ((grid - chin[0]) / (0.5 * (lm[13, 0] - lm[3, 0]))) ** 2, 0, 1) ** 0.7
     # lip motion fades out past the mouth corners
-    lip_w = _smoothstep(1.0 - (np.abs(grid - mouth_c[0]) - mouth_w / 2) / (0.25 * mouth_w))
+    fade = max(min(0.6 * mouth_w, mouth_c[0] - mx0 - mouth_w / 2 - 2, mx1 - mouth_c[0] - mouth_w / 2 - 2), 2.0)
+    lip_w = _smoothstep(1.0 - (np.abs(grid - mouth_c[0]) - mouth_w / 2) / fade)
     # horizontal spreading: a band around the lips, fading above and below
     rows = np.arange(my0, my1, dtype=np.float32)
-    band = _smoothstep(1.0 - np.abs(rows - mouth_c[1]) / (0.6 * face_h * 0.35))
+    # (zero at the box's top and bottom rows, or a strong rounding shears a seam there)
+    reach = max(min(0.21 * face_h, mouth_c[1] - my0, my1 - 1 - mouth_c[1]), 1.0)
+    band = _smoothstep(1.0 - np.abs(rows - mouth_c[1]) / reach)
 
     # eyes: [top anchor, upper lid, lower lid] per column
     eyes = []
@@ -125,6 +122,7 @@ def build_rig(image: np.ndarray, lm: np.ndarray) -> dict[str, np.ndarray]:
     cheek = np.mean([image[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4].reshape(-1, 3).mean(0)
                      for x, y in cheek_pts], axis=0)
 
+    teeth, shows_teeth = teeth_colour(image, lm, cheek)
     return {
         "head_box": np.array([x0, y0, x1, y1], np.int32),
         "head_feather": feather,
@@ -140,7 +138,9 @@ def build_rig(image: np.ndarray, lm: np.ndarray) -> dict[str, np.ndarray]:
         "eye_boxes": np.stack([e[0] for e in eyes]),
         "eye0_curves": eyes[0][1].astype(np.float32),
         "eye1_curves": eyes[1][1].astype(np.float32),
-        "colors": np.stack([lip, cheek]).astype(np.float32),
+        "colors": np.stack([lip, cheek, teeth]).astype(np.float32),
+        # 1 where the photo's own mouth shows teeth: the renderer paints those
+        "photo_teeth": np.array([1.0 if shows_teeth else 0.0], np.float32),
     }
 
 
@@ -203,6 +203,14 @@ class Renderer:
         self._mouth_table = np.vstack([rig["mouth_knots"], rig["jaw_w"][None], rig["lip_w"][None]]).astype(np.float64)
         face_h, face_w, mouth_w, inner_half = (float(v) for v in rig["scales"])
         self.face_h, self.mouth_w, self.inner_half = face_h, mouth_w, inner_half
+        self._contact = None
+        self.photo_teeth = bool(rig.get("photo_teeth", np.zeros(1))[0] > 0.5)
+        # how far inside each lip the opening samples: further where the photo shows teeth,
+        # since its inner-lip landmarks often sit on them
+        self.lip_margin = 0.8 + (0.03 * mouth_w if self.photo_teeth else 0.0)
+        # lower teeth sit deeper below the landmark: sampled nearer, they read as a pale lip
+        # and dlib as an open mouth (0.04 IOD shut; 0.01 with this margin, obama_2012.jpg)
+        self.lip_margin_lower = 0.8 + (0.08 * mouth_w if self.photo_teeth else 0.0)
         self.eyes = [(tuple(int(v) for v in box), rig[f"eye{i}_curves"])
                      for i, box in enumerate(rig["eye_boxes"])]
 
@@ -236,8 +244,11 @@ class Renderer:
         m1, m2 = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
         out[y0:y1, x0:x1] = cv2.remap(self.image, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         lap("remap")
+        self._soften_contact(out)
         if poly is not None:
-            self._paint_cavity(out, *poly)
+            px, top, bot, skull, tuck = poly
+            photo = self._photo_region if self.photo_teeth else None
+            paint_cavity(out, px, top, bot, skull, tuck, self.rig["colors"], self.mouth_w, photo)
         lap("mouth cavity")
         return out
 
@@ -247,27 +258,31 @@ class Renderer:
         x0, y0 = self.head[0], self.head[1]
         cx, cy = (float(v) for v in rig["mouth_center"])
         dxc, dyc = self._sway_at(m, cx, cy)
+        self._sway_mouth = (dxc, dyc)
         cols = np.arange(mx0, mx1, dtype=np.float32)
         qx = cols + dxc
         # lip spreading (+) / rounding (−): source column for each face column
-        sw = 0.10 * m.width - 0.14 * m.round
+        sw = 0.12 * m.width - 0.26 * m.round
         lip_w = _sample(self._mouth_table[8:], self._mouth_g0, qx)[0]
         rx = cx + (qx - cx) / (1.0 + sw * lip_w)
         at_rx = _sample(self._mouth_table, self._mouth_g0, rx)
         ks, jaw_w, lw = at_rx[:7], at_rx[7], at_rx[8]
 
-        # target inner-lip gap: an ellipse across the inner mouth, narrower when rounded
+        # target inner-lip gap: an ellipse across the inner mouth, narrower and rounder
+        # when rounded; f/v keep a slit where the upper teeth rest on the lower lip
         half = self.inner_half * (1.0 + sw) * (1.0 - 0.25 * m.round)
         prof = np.sqrt(_clip(1.0 - ((rx - cx) / half) ** 2))
-        gap_out = m.open * (0.36 + 0.1 * m.round) * self.mouth_w * prof
+        gap_out = (m.open * (0.36 + 0.1 * m.round) + m.tuck * 0.045) * self.mouth_w * prof
         delta = gap_out - (ks[3] - ks[2])
         d_center = float(np.interp(cx, rx, delta))
+        # rounded lips push forward: seen from the front they thicken outwards
+        pout = m.round * self.mouth_w * lw
         disp = np.stack([
             np.zeros_like(rx),
-            -0.15 * delta * lw,
+            -0.15 * delta * lw - 0.02 * pout,
             -0.25 * delta,
             0.75 * delta,
-            0.65 * delta * lw,
+            0.65 * delta * lw + 0.06 * pout,
             0.6 * max(d_center, -0.5 * self.mouth_w) * jaw_w,
             np.zeros_like(rx),
         ])
@@ -276,8 +291,8 @@ class Renderer:
         # source's own gap: its teeth would show through the cavity's soft edge
         mid = 0.5 * (ko[2] + ko[3])
         ko9 = np.stack([ko[0], ko[1], ko[2], mid, mid, ko[3], ko[4], ko[5], ko[6]])
-        top_edge = np.maximum(ks[2] - 0.8, ks[1])
-        bot_edge = np.minimum(ks[3] + 0.8, ks[4])
+        top_edge = np.maximum(ks[2] - self.lip_margin, ks[1])
+        bot_edge = np.minimum(ks[3] + self.lip_margin_lower, ks[4])
         ks9 = np.stack([ks[0], ks[1], top_edge, top_edge, bot_edge, bot_edge, ks[4], ks[5], ks[6]])
         yv = np.arange(my0, my1, dtype=np.float32)[:, None] + dyc
         dy = column_delta(ko9, ks9, yv)
@@ -286,14 +301,46 @@ class Renderer:
         map_x[sl] += dx
         map_y[sl] += dy
 
-        if gap_out.max() < 0.3:
+        # where the lips meet, the jump between the two lip edges aliases into a jagged
+        # seam: remember the contact line, to soften after the remap
+        self._contact = (cols, mid - dyc, _clip(1.0 - (ko[3] - ko[2]) / 2.0))
+        if gap_out.max() < 1.0:
             return None
-        # cavity outline in output coordinates
+        # cavity outline in output coordinates; the upper teeth's edge stays with the skull
         inner = (rx >= cx - half) & (rx <= cx + half)
         if inner.sum() < 2:
             return None
         px = cols[inner]
-        return px, ko[2][inner] - dyc, ko[3][inner] - dyc
+        return px, ko[2][inner] - dyc, ko[3][inner] - dyc, ks[2][inner] - dyc, m.tuck
+
+    def _photo_region(self, x0: int, y0: int, x1: int, y1: int):
+        """The source photo under an output box, moved with the head's sway at the mouth."""
+        dx, dy = self._sway_mouth
+        ix, iy = int(round(dx)), int(round(dy))
+        H, W = self.image.shape[:2]
+        if y0 + iy < 0 or x0 + ix < 0 or y1 + iy > H or x1 + ix > W:
+            return None
+        return self.image[y0 + iy:y1 + iy, x0 + ix:x1 + ix].astype(np.float32)
+
+    def _soften_contact(self, out: np.ndarray) -> None:
+        """A vertical blur across the line where closed lips meet: a soft contact, no seam."""
+        cols, mid, shut = self._contact
+        keep = shut > 0.01
+        if not keep.any():
+            return
+        c0, c1 = int(cols[keep][0]), int(cols[keep][-1]) + 1
+        r0 = int(math.floor(mid[keep].min())) - 2
+        r1 = int(math.ceil(mid[keep].max())) + 3
+        H, W = out.shape[:2]
+        if r0 < 1 or r1 > H - 1 or c0 < 0 or c1 > W:
+            return
+        roi = out[r0 - 1:r1 + 1, c0:c1].astype(np.float32)
+        soft = cv2.GaussianBlur(roi, (1, 5), 0.0, sigmaY=0.9)[1:-1]
+        rows = np.arange(r0, r1, dtype=np.float32)[:, None]
+        sel = slice(int(np.searchsorted(cols, c0)), int(np.searchsorted(cols, c0)) + (c1 - c0))
+        w = (_clip(1.0 - np.abs(rows - mid[sel][None, :]) / 1.8) * shut[sel][None, :])[..., None]
+        base = roi[1:-1]
+        out[r0:r1, c0:c1] = (base + w * (soft - base)).astype(np.uint8)
 
     def _eyes(self, m: Motion, map_x: np.ndarray, map_y: np.ndarray) -> None:
         if m.blink <= 0.01:
@@ -315,55 +362,3 @@ class Renderer:
             yv = np.arange(ey0, ey1, dtype=np.float32)[:, None] + dyc
             dy = column_delta(ko, ks, yv)
             map_y[ey0 - y0:ey1 - y0, ex0 - x0:ex1 - x0] += dy
-
-    def _paint_cavity(self, out: np.ndarray, px: np.ndarray, top: np.ndarray, bot: np.ndarray) -> None:
-        """Dark mouth interior with an upper teeth band (and a hint of lower teeth and
-        tongue when wide open), shaded by this face's own colours."""
-        H, W = out.shape[:2]
-        pts = np.concatenate([np.stack([px, top], 1), np.stack([px[::-1], bot[::-1]], 1)])
-        bx0 = int(max(0, math.floor(px.min()) - 2))
-        bx1 = int(min(W, math.ceil(px.max()) + 3))
-        by0 = int(max(0, math.floor(top.min()) - 2))
-        by1 = int(min(H, math.ceil(bot.max()) + 3))
-        if bx1 <= bx0 or by1 <= by0:
-            return
-        mask = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
-        poly = np.round((pts - [bx0, by0]) * 16).astype(np.int32)
-        cv2.fillPoly(mask, [poly], 255, lineType=cv2.LINE_AA, shift=4)
-        # soft lip edge: a hard polygon edge reads as a cut-out
-        alpha = cv2.GaussianBlur(mask, (3, 3), 0.7).astype(np.float32)[..., None] / 255.0
-        if alpha.max() == 0:
-            return
-
-        cols = np.arange(bx0, bx1, dtype=np.float32)
-        yt = np.interp(cols, px, top)[None, :]
-        yb = np.interp(cols, px, bot)[None, :]
-        gap = np.maximum(yb - yt, 1e-3)
-        rows = np.arange(by0, by1, dtype=np.float32)[:, None]
-        u = (rows - yt) / gap  # 0 at the upper inner lip, 1 at the lower
-        lip, cheek = self.rig["colors"]
-        light = float(np.clip(cheek.mean() / 170.0, 0.55, 1.25))
-        mid = (px.min() + px.max()) / 2
-        halfw = max((px.max() - px.min()) / 2, 1.0)
-        lateral = np.sqrt(_clip(1.0 - ((cols - mid) / halfw) ** 2))[None, :]
-        # deep red-brown, darkest at the back of the mouth and towards the corners
-        depth = (0.45 + 0.55 * np.abs(2 * u - 1) ** 1.5) * (0.55 + 0.45 * lateral)
-        col = (lip * np.array([0.42, 0.2, 0.22]))[None, None, :] * depth[..., None]
-        # tongue and lower teeth show only where the mouth is wide open: skipped (exactly
-        # zero) otherwise, which is most frames
-        wide = _clip((gap - 0.25 * self.mouth_w) / (0.1 * self.mouth_w))
-        if wide.any():
-            tongue = _clip((u - 0.6) * 2.5) * wide
-            col += (tongue * lateral)[..., None] * (lip * np.array([0.62, 0.3, 0.32]) - col)
-        teeth = np.array([212.0, 203.0, 190.0]) * light
-        th = min(0.07 * self.mouth_w, 0.45 * float(gap.max()))
-        below_lip = rows - yt
-        upper = _smoothstep((th - below_lip) / 1.5) * _smoothstep(below_lip / 1.2) * lateral ** 0.7
-        shade = (0.7 + 0.3 * _clip(below_lip / max(th, 1.0)))[..., None]
-        lower_w = _clip((gap - 2.5 * th) / th)
-        if lower_w.any():
-            lower = _smoothstep((0.4 * th - (yb - rows)) / 1.2) * 0.7 * lateral * lower_w
-            col += lower[..., None] * (teeth * 0.75 - col)
-        col += upper[..., None] * (teeth * shade - col)
-        roi = out[by0:by1, bx0:bx1].astype(np.float32)
-        out[by0:by1, bx0:bx1] = _clip(roi + alpha * (col - roi), 0, 255).astype(np.uint8)

@@ -1,6 +1,10 @@
 """Classic engine speed: render step FPS (single thread), offline render vs real time, prepare time.
 
-    .venv/bin/python benchmarks/bench_classic.py [--json PATH] [--frames N]
+    .venv/bin/python benchmarks/bench_classic.py [--json PATH] [--frames N] [--compare CHECKOUT]
+
+``--compare`` also times another checkout's render step (say, the last release's), in
+child processes alternated with this tree's, three rounds each, so "before" and "after"
+come from the same minutes of the same machine.
 
 All variants run in this one process, side by side, so ratios are comparable on a
 noisy shared machine. It prints the CPU model, the cores this process may use and the
@@ -11,7 +15,9 @@ machine, and where a 512² render step's time goes (motion, then each renderer s
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import platform
 import statistics
 import sys
@@ -27,7 +33,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# VCAM_BENCH_ROOT: the checkout to time (--compare's children)
+sys.path.insert(0, os.environ.get("VCAM_BENCH_ROOT") or str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import report  # noqa: E402
 from vcam_talker.config import Config, from_dict, to_dict  # noqa: E402
 from vcam_talker.engines.classic.engine import ClassicEngine  # noqa: E402
@@ -121,14 +128,38 @@ def stage_breakdown(size: int, frames: int, audio: np.ndarray) -> dict[str, floa
     return {k: 1e3 * statistics.mean(v) for k, v in laps.items()}
 
 
+def compare(other: Path, frames: int) -> list[tuple[str, float, str]]:
+    """512² and 256² step p50 of ``other`` and of this tree, alternated in child processes."""
+    got: dict[str, list[dict]] = {"before": [], "this tree": []}
+    for _ in range(3):
+        for name, root in (("before", other), ("this tree", Path(__file__).resolve().parents[1])):
+            env = dict(os.environ, VCAM_BENCH_ROOT=str(root.resolve()))
+            out = subprocess.run([sys.executable, __file__, "--step-only", "--frames", str(frames)], env=env,
+                                 check=True, capture_output=True, text=True, timeout=600).stdout
+            got[name].append(json.loads(out.strip().splitlines()[-1]))
+    rows = []
+    for name, runs in got.items():
+        for size in ("512", "256"):
+            rows.append((f"{name}: render step {size}x{size} p50 (median of 3 runs)",
+                         statistics.median(r[size] for r in runs), "ms"))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="where to write results (default benchmarks/results/)")
     ap.add_argument("--frames", type=int, default=250)
+    ap.add_argument("--compare", type=Path, help="another checkout to time beside this one")
+    ap.add_argument("--step-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     cv2.setNumThreads(1)
     demo, rate = sf.read(str(DEMO), dtype="float32")
     audio = np.tile(demo, 2)[: 16000 * 10]  # 10 s of speech
+    if args.step_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["VCAM_TALKER_CACHE"] = tmp
+            print(json.dumps({str(n): bench_render_step(n, args.frames, audio)["step_ms_p50"] for n in (512, 256)}))
+        return
     settings = cpu_settings()
     print("  ".join(f"{k}={v}" for k, v in settings.items()))
 
@@ -161,6 +192,8 @@ def main() -> None:
         rows += [("offline render 10 s speech 512x512 25 fps, end to end", res.realtime_factor, "x real time"),
                  ("offline render wall", res.wall_s, "s"),
                  ("share of one core for live 25 fps at 512 (render step)", 25 / steps[512]["fps"] * 100, "%")]
+    if args.compare:
+        rows += compare(args.compare, args.frames)
     report("bench_classic", rows, extra={"settings": settings}, out=args.json)
 
 

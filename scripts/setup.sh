@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 
 # chromium + chromium-driver: the control page's browser tests (selenium drives Debian's
 # chromedriver, so nothing is downloaded at test time)
+# festival + voices + sox: the viseme benchmark's second synthesizer and the viseme
+# network's training data (scripts/train_visemes.py); the engine itself needs none of them
 apt_pkgs=(pulseaudio pulseaudio-utils pipewire wireplumber pipewire-pulse dbus libportaudio2 ffmpeg espeak-ng
-          chromium chromium-driver)
+          chromium chromium-driver festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+          festvox-ca-ona-hts festvox-italp16k festvox-itapc16k sox)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

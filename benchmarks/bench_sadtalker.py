@@ -168,12 +168,12 @@ def engine_frames(engine: SadTalkerEngine, windows: list, av, clk: Clock) -> lis
     """render_batch's steps (batch.render_batch), timed part by part."""
     s, ctx = engine.stages, engine.context(av)
     t = clk.now()
-    sem = np.stack([engine.coefficient_window(w, ctx.coeffs)[1] for w in windows])
+    sem = torch.stack([engine.device_window(w, ctx.coeffs)[1] for w in windows])
     t = clk("timeline", t)
     with torch.inference_mode():
-        kp_d = s.motion(torch.from_numpy(sem), ctx.kp_canonical)
+        kp_d = s.motion(sem, ctx.kp_canonical)
         t = clk("mapping+keypoints", t)
-        pred = s.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_d)["prediction"]
+        pred = s.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_d)
         t = clk("generator", t)
     faces = to_uint8(pred)
     t = clk("to host", t)

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+_TREE = Path(__file__).resolve().parents[2]
+# shared/fixtures inside the tree (the GPU check's copied tree), else the checkout's ../shared
+FIXTURES = next((d for d in (_TREE / "shared" / "fixtures", _TREE.parent / "shared" / "fixtures") if d.is_dir()),
+                _TREE.parent / "shared" / "fixtures")
 FULL = FIXTURES / "sadtalker"
 PARITY = FIXTURES / "sadtalker_parity"
 

@@ -24,8 +24,8 @@ rule) on its inputs, and the reduced-width generator of sadtalker_long on every 
 frame of its clips. Every row starts from a fresh float32 copy of the weights, folded and
 cast as the loader does (float32 islands: mask conv and softmax, norm statistics, output
 conv; the keypoint nets stay float32); TF32 is off for the reference and the half rows, on
-for the tf32 row. Fixtures: shared/fixtures in the tree (scripts/prepare_device_tree.sh),
-else ../shared/fixtures. $OUT set (benchmarks/gpu_check.sh): the JSON goes there too.
+for the tf32 row. Fixtures: ../shared/fixtures, else shared/fixtures in the tree (the GPU
+check's copy: scripts/prepare_device_tree.sh). $OUT set (benchmarks/gpu_check.sh): the JSON goes there too.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ try:  # the GPU check's tree carries no opencv wheel: the paste-back (CPU) is no
 except ImportError:
     HAVE_CV2 = False
 # the checkout's ../shared, or shared/ inside the tree (a copied working tree)
-FIXTURES = next((d for d in (ROOT / "shared" / "fixtures", ROOT.parent / "shared" / "fixtures") if d.is_dir()),
+FIXTURES = next((d for d in (ROOT.parent / "shared" / "fixtures", ROOT / "shared" / "fixtures") if d.is_dir()),
                 ROOT.parent / "shared" / "fixtures")
 DEMO = ROOT / "vcam_talker" / "data" / "demo_speech.wav"
 PARTS = ("timeline", "mapping+keypoints", "generator", "to host", "paste-back")

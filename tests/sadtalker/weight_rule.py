@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 _TREE = Path(__file__).resolve().parents[2]
-# shared/fixtures inside the tree (the GPU check's copied tree), else the checkout's ../shared
-FIXTURES = next((d for d in (_TREE / "shared" / "fixtures", _TREE.parent / "shared" / "fixtures") if d.is_dir()),
+# the checkout's ../shared; else shared/fixtures inside the tree (the GPU check's copied tree
+# holds only the subset that check reads: scripts/prepare_device_tree.sh)
+FIXTURES = next((d for d in (_TREE.parent / "shared" / "fixtures", _TREE / "shared" / "fixtures") if d.is_dir()),
                 _TREE.parent / "shared" / "fixtures")
 FULL = FIXTURES / "sadtalker"
 PARITY = FIXTURES / "sadtalker_parity"

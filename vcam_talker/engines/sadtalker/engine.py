@@ -285,7 +285,7 @@ class SadTalkerEngine(Engine):
         """Release the avatars' device arrays and the compiled graphs, then end the torch thread."""
         try:
             self.torch.call(self._release)
-        except RuntimeError:  # closed already
+        except EngineError:  # closed already
             return
         self.torch.close()
 

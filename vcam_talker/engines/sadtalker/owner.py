@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from vcam_talker.errors import EngineError
+
 T = TypeVar("T")
 
 
@@ -43,7 +45,7 @@ class TorchThread:
         fut: Future = Future()
         with self._lock:
             if self._closed:
-                raise RuntimeError(f"{self.name}: closed")
+                raise EngineError(f"sadtalker: the engine was closed ({self.name})")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()

@@ -139,7 +139,7 @@ def main() -> None:
                 kp_mouth = max(kp_mouth, float((kp_m - kp_o).abs().max()))
                 if not args.no_pixels:
                     gf = clip["gen_frames"]
-                    pred = stages.frame(enc["feature_3d"], enc["compressed"], kp_source, kp_s[gf])["prediction"]
+                    pred = stages.frame(enc["feature_3d"], enc["compressed"], kp_source, kp_s[gf])
                     pd = np.abs(pred.numpy() - clip["predictions"])
                     px_max, px_mean = max(px_max, float(pd.max())), max(px_mean, float(pd.mean()))
             if name == "clip_a":

@@ -17,10 +17,15 @@ weights), each with per-stage ms/frame and fps:
   Rows that need CUDA print "not measured (no CUDA)". CPU compile (inductor builds C++ for
   minutes) runs only with --compile-cpu.
 
-Then the half-precision deviations from float32 (pixels, 0..255): the generator at official
-widths with the weights of ../shared/fixtures/sadtalker (the weight rule) on its inputs, and
-the reduced-width generator of ../shared/fixtures/sadtalker_long on every generator frame of
-its clips. $OUT set (benchmarks/gpu_check.sh): the JSON goes there too.
+Then the precision deviations from float32 (pixels, 0..255, max / mean), through the
+engine's per-frame path (source encoded in the precision, volume kept float32, FrameStage):
+the generator at official widths with the weights of the fixtures' sadtalker/ (the weight
+rule) on its inputs, and the reduced-width generator of sadtalker_long on every generator
+frame of its clips. Every row starts from a fresh float32 copy of the weights, folded and
+cast as the loader does (float32 islands: mask conv and softmax, norm statistics, output
+conv; the keypoint nets stay float32); TF32 is off for the reference and the half rows, on
+for the tf32 row. Fixtures: ../shared/fixtures, else shared/fixtures in the tree (the GPU
+check's copy: scripts/prepare_device_tree.sh). $OUT set (benchmarks/gpu_check.sh): the JSON goes there too.
 """
 
 from __future__ import annotations
@@ -36,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import RESULTS, machine  # noqa: E402
+from benchmarks.sadtalker_precision import deviations  # noqa: E402
 from vcam_talker import config as C  # noqa: E402
 from vcam_talker.avatar import PreparedAvatar  # noqa: E402
 from vcam_talker.engines.sadtalker.accel import resolve_precision, use_channels_last  # noqa: E402
@@ -49,8 +54,9 @@ from vcam_talker.engines.sadtalker.audio_hparams import AudioHParams  # noqa: E4
 from vcam_talker.engines.sadtalker.batch import to_uint8  # noqa: E402
 from vcam_talker.engines.sadtalker.engine import (  # noqa: E402
     AudioStage, FrameStage, MotionStage, SadTalkerEngine, SourceStage, Stages)
+from vcam_talker.engines.sadtalker.stages import prepare_generator  # noqa: E402
 from vcam_talker.engines.sadtalker.generator import OcclusionAwareSPADEGenerator  # noqa: E402
-from vcam_talker.engines.sadtalker.hparams import RenderHParams, SadTalkerHParams  # noqa: E402
+from vcam_talker.engines.sadtalker.hparams import RenderHParams  # noqa: E402
 from vcam_talker.engines.sadtalker.keypoints import HeadMotion, KPDetector, transform_keypoints  # noqa: E402
 from vcam_talker.engines.sadtalker.mapping import MappingNet  # noqa: E402
 from vcam_talker.engines.sadtalker.presets import coeff_frame  # noqa: E402
@@ -58,9 +64,13 @@ from vcam_talker.engines.sadtalker.audio2pose import SEMANTIC_RADIUS  # noqa: E4
 from vcam_talker.stream.windows import ArrayAudio, Windower  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+try:  # the GPU check's tree carries no opencv wheel: the paste-back (CPU) is not timed there
+    import cv2  # noqa: F401
+
+    HAVE_CV2 = True
+except ImportError:
+    HAVE_CV2 = False
 # the checkout's ../shared, or shared/ inside the tree (a copied working tree)
-FIXTURES = next((d for d in (ROOT.parent / "shared" / "fixtures", ROOT / "shared" / "fixtures") if d.is_dir()),
-                ROOT.parent / "shared" / "fixtures")
 DEMO = ROOT / "vcam_talker" / "data" / "demo_speech.wav"
 PARTS = ("timeline", "mapping+keypoints", "generator", "to host", "paste-back")
 CUDA_ONLY = {"float16", "tf32", "compile reduce-overhead"}
@@ -80,7 +90,7 @@ def build(size: int, device: torch.device, variant: set[str]) -> Stages:
     a2e, a2p = Audio2Exp(ahp.audio2exp), Audio2Pose(ahp.audio2pose)
     for m in (kp, mapping, a2e, a2p):
         m.eval().to(device)
-    gen.eval().to(device=device, dtype=dtype)
+    prepare_generator(gen.eval(), device, dtype)  # as the loader: folded, cast, float32 islands
     if "channels_last" in variant:
         use_channels_last(gen)
     mode = "reduce-overhead" if "compile reduce-overhead" in variant else ("default" if "compile" in variant else False)
@@ -110,8 +120,11 @@ def avatar(stages: Stages, size: int) -> tuple[PreparedAvatar, torch.Tensor]:
 def engine_for(stages: Stages, size: int) -> SadTalkerEngine:
     d = C.to_dict(C.Config())
     d["engine"]["name"] = "sadtalker"
-    d["engine"]["sadtalker"].update(size=size, preprocess="full", warmup_frames=0)
-    return SadTalkerEngine(C.from_dict(d), stages=stages)
+    # the config takes 256 or 512; a tiny size (--dry-run's 128) runs on stages built for it
+    d["engine"]["sadtalker"].update(size=size if size in (256, 512) else 256, preprocess="full", warmup_frames=0)
+    engine = SadTalkerEngine(C.from_dict(d), stages=stages)
+    engine.size = size
+    return engine
 
 
 def timer(device: torch.device):
@@ -159,6 +172,8 @@ def baseline_frame(engine: SadTalkerEngine, window, av, src: torch.Tensor, clk: 
         t = clk("generator", t)
     face = (pred[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     t = clk("to host", t)
+    if not HAVE_CV2:
+        return face
     out = engine.compose(face, ctx)
     clk("paste-back", t)
     return out
@@ -168,15 +183,17 @@ def engine_frames(engine: SadTalkerEngine, windows: list, av, clk: Clock) -> lis
     """render_batch's steps (batch.render_batch), timed part by part."""
     s, ctx = engine.stages, engine.context(av)
     t = clk.now()
-    sem = np.stack([engine.coefficient_window(w, ctx.coeffs)[1] for w in windows])
+    sem = torch.stack([engine.device_window(w, ctx.coeffs)[1] for w in windows])
     t = clk("timeline", t)
     with torch.inference_mode():
-        kp_d = s.motion(torch.from_numpy(sem), ctx.kp_canonical)
+        kp_d = s.motion(sem, ctx.kp_canonical)
         t = clk("mapping+keypoints", t)
-        pred = s.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_d)["prediction"]
+        pred = s.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_d)
         t = clk("generator", t)
     faces = to_uint8(pred)
     t = clk("to host", t)
+    if not HAVE_CV2:
+        return list(faces)
     out = [engine.compose(f, ctx) for f in faces]
     clk("paste-back", t)
     return out
@@ -213,68 +230,6 @@ def time_variant(size: int, device: torch.device, variant: set[str], frames: int
 
 
 # --------------------------------------------------------------------------------------------
-# half precision: deviation from float32 on the fixtures' weights
-# --------------------------------------------------------------------------------------------
-
-
-def _generator(folder: Path, rule: bool) -> OcclusionAwareSPADEGenerator:
-    hp = SadTalkerHParams.from_yaml_dict(yaml.safe_load((folder / "config.yaml").read_text())).render
-    gen = OcclusionAwareSPADEGenerator(hp.generator, hp.common)
-    if rule:  # ../shared/fixtures/sadtalker ships no weights: its rule builds them from keys.json
-        from tests.sadtalker.weight_rule import rule_tensor
-
-        keys = json.loads((folder / "keys.json").read_text())
-        state = {k[len("generator."):]: torch.from_numpy(rule_tensor(k, v["shape"]))
-                 for k, v in keys.items() if k.startswith("generator.")}
-    else:
-        from safetensors.torch import load_file
-
-        state = {k[len("generator."):]: v for k, v in load_file(str(folder / "weights.safetensors")).items()
-                 if k.startswith("generator.")}
-    gen.load_state_dict(state, strict=True)
-    return gen.eval()
-
-
-def deviations(device: torch.device) -> list[tuple[str, str, str]]:
-    """(fixture, precision, 'max / mean' pixel diff from float32) rows."""
-    cases = []
-    full = FIXTURES / "sadtalker"
-    if full.is_dir():
-        i, o = np.load(full / "inputs.npz"), np.load(full / "outputs.npz")
-        cases.append(("sadtalker (official widths) 256²", full, True, i["source_image"], o["kp_source"], o["kp_driving"]))
-    for clip in ("clip_a", "clip_short"):
-        d = FIXTURES / "sadtalker_long" / clip
-        if d.is_dir():
-            i, o = np.load(d / "inputs.npz"), np.load(d / "outputs.npz")
-            kd = o["kp_driving"][i["generator_frames"]]
-            cases.append((f"sadtalker_long {clip} ({len(kd)} frames)", FIXTURES / "sadtalker_parity", False,
-                          i["source_image"], np.repeat(o["kp_source"][None], len(kd), 0), kd))
-    rows = []
-    for name, folder, rule, image, kp_s, kp_d in cases:
-        gen = _generator(folder, rule).to(device)
-        preds = {}
-        for prec in ("float32", "bfloat16", "float16"):
-            if prec == "float16" and device.type != "cuda":
-                rows.append((name, prec, "not measured (no CUDA)"))
-                continue
-            dt = getattr(torch, prec)
-            g = gen.to(dtype=dt)
-            ks, kd = (np.asarray(k).reshape(-1, *np.shape(k)[-2:]) for k in (kp_s, kp_d))
-            with torch.inference_mode():
-                feat = g.encode_source(torch.from_numpy(image).to(device, dt))
-                # keypoints float32, as FrameStage passes them
-                out = [g.forward_from_features(feat, torch.from_numpy(a[None]).to(device),
-                                               torch.from_numpy(b[None]).to(device))["prediction"].float().cpu()
-                       for a, b in zip(ks, kd)]
-            preds[prec] = torch.cat(out) * 255
-            if prec != "float32":
-                d = (preds[prec] - preds["float32"]).abs()
-                rows.append((name, prec, f"{d.max():.2f} / {d.mean():.3f}"))
-        del gen
-    return rows
-
-
-# --------------------------------------------------------------------------------------------
 
 
 def variants(device: torch.device, batch: int, compile_cpu: bool) -> list[tuple[str, set[str]]]:
@@ -304,6 +259,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="catch-up batch size")
     ap.add_argument("--compile-cpu", action="store_true", help="also time torch.compile on a CPU")
     ap.add_argument("--skip-deviations", action="store_true")
+    ap.add_argument("--deviations-only", action="store_true", help="only the precision deviations")
+    ap.add_argument("--deviation-size", type=int, default=0, help="resize the fixtures' source (0: 256²)")
+    ap.add_argument("--deviation-frames", type=int, default=0, help="frames per fixture case (0: all)")
+    ap.add_argument("--skip", default="", help="comma-separated words: rows whose name has one are not timed")
     ap.add_argument("--only", default="", help="comma-separated words, each optionally SIZE:word: time only "
                     "the rows whose name has one (e.g. 512:baseline,512:engine)")
     ap.add_argument("--json", type=Path)
@@ -319,12 +278,17 @@ def main() -> None:
           f"{'wall' if device.type == 'cuda' else 'CPU time of all threads'}; fps: wall clock")
     head = f"{'size':>4}  {'variant':<44} {'fps':>7} {'ms/frame':>9} " + " ".join(f"{p:>17}" for p in PARTS)
     print(head)
+    if not HAVE_CV2:
+        print("      (no cv2 here: paste-back not measured, fps without it)")
     for size in (int(s) for s in args.sizes.split(",")):
         for name, v in variants(device, args.batch, args.compile_cpu):
             why = runnable(v, device, args.compile_cpu)
             words = [w.split(":")[-1] for w in args.only.split(",") if w and (":" not in w or w.startswith(f"{size}:"))]
             if not why and words and not any(w in name for w in words):
                 why = "not measured in this run (--only)"
+            skips = [w for w in args.skip.split(",") if w]
+            if not why and (args.deviations_only or any(w in name for w in skips)):
+                why = "not measured in this run (--skip)"
             if why:
                 print(f"{size:>4}  {name:<44} {why}")
                 results[f"{size} {name}"] = why
@@ -340,11 +304,12 @@ def main() -> None:
             print(f"{size:>4}  {name:<44} {r['fps']:>7.2f} {r['ms/frame']:>9.1f} "
                   + " ".join(f"{r[p + ' ms']:>17.1f}" for p in PARTS), flush=True)
     if not args.skip_deviations:
-        print("\nhalf precision vs float32 (generator; pixel diff 0..255, max / mean):")
-        for name, prec, val in deviations(device):
-            print(f"  {name:<42} {prec:<9} {val}")
+        print("\nprecision vs float32 (the per-frame path; pixel deviation 0..255, max / mean):")
+        for name, prec, val in deviations(device, args.deviation_size, args.deviation_frames):
+            print(f"  {name:<50} {prec:<9} {val}")
             results[f"deviation {name} {prec}"] = val
     data = {"benchmark": "bench_sadtalker", "machine": machine(), "device": str(device),
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "frames": args.frames, "results": results}
     outs = [args.json or RESULTS / "bench_sadtalker.json"]
     if os.environ.get("OUT"):

@@ -373,3 +373,18 @@ def test_truncated_checkpoints_name_the_file(tmp_path):
     pth.write_bytes(pdata[: len(pdata) // 2])
     with pytest.raises(CheckpointError, match=r"auido2pose_00140-model\.pth\.tar"):
         read_state_dict(pth, entry="model")
+
+
+@pytest.mark.parametrize("t", [3, 7, 13, 40])
+def test_numpy_savgol_matches_scipy(t):
+    """The numpy Savitzky-Golay used where scipy is absent (the lent GPU machine's tree)."""
+    from scipy.signal import savgol_filter
+
+    from vcam_talker.engines.sadtalker.audio2pose import _savgol
+
+    x = np.random.default_rng(t).standard_normal((2, t, 6))
+    w = min(13, (t - 1) // 2 * 2 + 1)
+    want = savgol_filter(x, w, 2, axis=1)
+    got = _savgol(x, w, 2, axis=1)
+    assert np.abs(got - want).max() <= 1e-12
+    assert not np.allclose(_savgol(x, w, 1, axis=1), want)  # the check can tell another fit

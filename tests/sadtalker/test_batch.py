@@ -73,9 +73,9 @@ def test_batched_predictions_match_single_frames(setup):
         kp_many = s.motion(windows, ctx.kp_canonical)
         d_kp = ((kp_one - kp_many).abs().max() / kp_many.abs().max()).item()
         # the generator on the same keypoints: plain float32 convolutions are batch-invariant
-        gen = [s.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_many[i : i + 1])["prediction"]
+        gen = [s.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_many[i : i + 1])
                for i in range(len(windows))]
-        d_gen = (torch.cat(gen) - s.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_many)["prediction"]).abs()
+        d_gen = (torch.cat(gen) - s.frame(ctx.feature_3d, ctx.compressed, ctx.kp_source, kp_many)).abs()
         d_chain = (torch.cat([predictions(engine, x[None], ctx) for x in semantics])
                    - predictions(engine, semantics, ctx)).abs()
     print(f"oneDNN off: keypoints rel {d_kp:.3g}; generator max {d_gen.max():.3g}; "

@@ -90,7 +90,7 @@ def test_offline_mapping_keypoints_and_frames(stages, clip, offline):
         # the production MotionStage is mapping + transform; the transform alone on the stored motion
         assert torch.equal(kp, transform_keypoints(enc["kp_canonical"], motion))
         frames = [int(f) for f in i["generator_frames"]]
-        pred = stages.frame(enc["feature_3d"], enc["compressed"], kp_source, kp[frames])["prediction"]
+        pred = stages.frame(enc["feature_3d"], enc["compressed"], kp_source, kp[frames])
     d = np.abs(pred.numpy() - o["predictions"])
     print(f"{name} predictions {frames}: max {d.max():.3g}, mean {d.mean():.3g}")
     assert d.max() <= 1e-2 and d.mean() <= 1e-4

@@ -96,8 +96,14 @@ def test_chain_to_frames(stages, chain, fixture_io):
         kp_driving = stages.motion(torch.from_numpy(res["windows"]), enc["kp_canonical"])
         close("kp_driving", kp_driving, outputs["kp_driving"], atol=5e-5)
         frames = [int(f) for f in inputs["generator_frames"]]
-        out = stages.frame(enc["feature_3d"], enc["compressed"], kp_source, kp_driving[frames])
-    d = diff("predictions (end to end)", out["prediction"], outputs["predictions"])
+        pred = stages.frame(enc["feature_3d"], enc["compressed"], kp_source, kp_driving[frames])
+        # the intermediates: the generator itself (the frame stage returns only the image)
+        b = len(frames)
+        out = stages.source.generator.forward_from_features(
+            enc["feature_3d"].expand(b, -1, -1, -1, -1), kp_source.expand(b, -1, -1), kp_driving[frames],
+            compressed=enc["compressed"].expand(b, -1, -1, -1, -1))
+    assert torch.equal(pred, out["prediction"])
+    d = diff("predictions (end to end)", pred, outputs["predictions"])
     assert d.max() <= 1e-2 and d.mean() <= 1e-4
     dbg = frames.index(int(inputs["debug_frame"]))
     close("dm_occlusion_map", out["occlusion_map"][dbg], outputs["dm_occlusion_map"], atol=1e-3)

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+_TREE = Path(__file__).resolve().parents[2]
+# the checkout's ../shared; else shared/fixtures inside the tree (the GPU check's copied tree
+# holds only the subset that check reads: scripts/prepare_device_tree.sh)
+FIXTURES = next((d for d in (_TREE.parent / "shared" / "fixtures", _TREE / "shared" / "fixtures") if d.is_dir()),
+                _TREE.parent / "shared" / "fixtures")
 FULL = FIXTURES / "sadtalker"
 PARITY = FIXTURES / "sadtalker_parity"
 

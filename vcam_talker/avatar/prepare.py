@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from vcam_talker.avatar import prepared
@@ -18,6 +17,7 @@ from vcam_talker.avatar.landmarks import Face, LandmarkDetector
 from vcam_talker.avatar.prepared import Photo, PreparedAvatar
 from vcam_talker.config import Config
 from vcam_talker.errors import AvatarError
+from vcam_talker.lazycv2 import cv2
 from vcam_talker.safeio import read_capped
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,10 @@ format, torch.compile, and the warm-up that makes the first live frame pay none 
   missing, so it is refused there), bfloat16 (runs on both), tf32 (float32 tensors with TF32
   matmuls/convolutions: CUDA only). The legacy ``half: true`` means float16. Only the
   generator's per-frame part changes dtype; the keypoint detector, MappingNet, the keypoint
-  transform and the audio nets stay float32, and inside the generator the dense-motion
-  softmax and the SPADE instance norm run in float32 (see generator.py / layers.py): both
-  sum over many small values, where half precision loses the most.
+  transform and the audio nets keep float32 tensors (under ``tf32`` their matmuls and
+  convolutions round through TF32 too: the switches are global), and inside the generator
+  float32 islands stay (:func:`keep_float32_islands`): the dense-motion mask conv and its
+  softmax, the SPADE instance-norm statistics and the final RGB conv.
 - ``channels_last``: NHWC weights and activations for the 2-D part (the decoder); it pays on
   GPUs with tensor cores and rarely on a CPU: measured in benchmarks/bench_sadtalker.py.
 - ``compile`` with ``compile_mode``: torch.compile of the per-frame generator call;
@@ -18,6 +19,7 @@ format, torch.compile, and the warm-up that makes the first live frame pay none 
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 
 import torch
@@ -62,6 +64,13 @@ def use_channels_last(generator: nn.Module) -> None:
         part.register_forward_pre_hook(_to_channels_last)
 
 
+def keep_float32_islands(generator: nn.Module) -> None:
+    """After the generator's cast to half: the mask conv (its logits feed a softmax over K+1
+    motions) and the output conv (its 3 channels are the pixels) back to float32."""
+    generator.dense_motion_network.mask.float()
+    generator.decoder.conv_img.float()
+
+
 def compile_cache(cache_dir: Path) -> None:
     """Keep inductor's compiled kernels and autotuning results across restarts."""
     d = Path(cache_dir) / "torch_inductor"
@@ -70,7 +79,14 @@ def compile_cache(cache_dir: Path) -> None:
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
 
 
+def own_code(fn):
+    """A copy of function ``fn`` with its own code object. Dynamo keeps its compiled graphs
+    on the code object, so every engine built on a shared function would add entries to one
+    cache until the recompile limit (8) sends it eager; an own copy's cache dies with it."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
 def compile_fn(fn, mode: str):
-    """torch.compile with fixed shapes (one graph per batch size); ``mode``: default,
-    reduce-overhead (CUDA graphs) or max-autotune."""
-    return torch.compile(fn, dynamic=False, mode=None if mode == "default" else mode)
+    """torch.compile with fixed shapes (one graph per batch size) of an own copy of ``fn``
+    (:func:`own_code`); ``mode``: default, reduce-overhead (CUDA graphs) or max-autotune."""
+    return torch.compile(own_code(fn), dynamic=False, mode=None if mode == "default" else mode)

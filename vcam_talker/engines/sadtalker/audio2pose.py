@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.signal import savgol_filter
 from torch import nn
 
 from .audio2exp import Wav2LipAudioEncoder
@@ -189,7 +188,32 @@ def smooth_pose(pose: np.ndarray | torch.Tensor, axis: int = -2) -> np.ndarray:
     window = SAVGOL_WINDOW if t >= SAVGOL_WINDOW else (t - 1) // 2 * 2 + 1
     if window <= SAVGOL_ORDER:
         return x.copy()
+    try:
+        from scipy.signal import savgol_filter
+    except ImportError:  # the lent GPU machine's tree carries no scipy wheel (too big)
+        savgol_filter = _savgol
     return savgol_filter(x.astype(np.float64), window, SAVGOL_ORDER, axis=axis).astype(np.float32)
+
+
+def _savgol(x: np.ndarray, window: int, order: int, axis: int = -1) -> np.ndarray:
+    """scipy.signal.savgol_filter(x, window, order, axis=axis) (mode 'interp'), in numpy: a
+    least-squares polynomial over each centred window; the first and last ``window // 2``
+    samples take the polynomial fitted to the first / last whole window. Same within float64
+    rounding (tests/sadtalker/test_audio_parity.py)."""
+    y = np.moveaxis(np.asarray(x, np.float64), axis, 0)
+    t, half = y.shape[0], window // 2
+    pos = np.arange(window, dtype=np.float64)
+    vander = (pos[:, None] - half) ** np.arange(order + 1)
+    centre = np.linalg.pinv(vander)[0]  # the value at the window's centre
+    flat = y.reshape(t, -1)
+    out = np.empty_like(flat)
+    windows = np.lib.stride_tricks.sliding_window_view(flat, window, axis=0)  # (t-window+1, n, window)
+    out[half : t - half] = windows @ centre
+    edge = pos[:, None] ** np.arange(order + 1)
+    fit = np.linalg.pinv(edge)
+    out[:half] = edge[:half] @ (fit @ flat[:window])
+    out[t - half :] = edge[window - half :] @ (fit @ flat[t - window :])
+    return np.moveaxis(out.reshape(y.shape), 0, axis)
 
 
 def load_audio2pose(

@@ -18,8 +18,9 @@ Pixel coordinates follow OpenCV: pixel centres at integers.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+from vcam_talker.lazycv2 import cv2
 
 #: the feathered seam ramps over this fraction of the face side
 FEATHER = 0.08
@@ -70,8 +71,8 @@ def edge_distance(n: int) -> np.ndarray:
     return np.minimum(i + 0.5, n - i - 0.5)
 
 
-def _resize(a: np.ndarray, n: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-    return a if a.shape[0] == n else cv2.resize(a, (n, n), interpolation=interpolation)
+def _resize(a: np.ndarray, n: int, interpolation: int | None = None) -> np.ndarray:
+    return a if a.shape[0] == n else cv2.resize(a, (n, n), interpolation=cv2.INTER_AREA if interpolation is None else interpolation)
 
 
 class _LowPass:

@@ -13,6 +13,7 @@ keypoints and the source feature volume in the avatar cache; ``render`` never to
 source image again except for paste-back (:mod:`.composite`). The
 coefficient timeline (lookahead, pose chunks, blinks) lives in :mod:`.timeline`; catch-up
 batches and the warm-up in :mod:`.batch`; precision, memory format and compile in :mod:`.accel`.
+Every torch call of the public methods runs on the engine's own thread (:mod:`.owner`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .accel import compile_cache, precision_name, resolve_precision
 from .audio_hparams import AudioHParams
 from .batch import predictions, render_batch, to_uint8, warm_up
 from .composite import Cover, Paste, display
+from .owner import TorchThread
 from .files import check_weights, combined_file, folder_hparams, is_full, mapping_file
 from .source import precompute
 from .presets import TimelineParams, coeff_frame
@@ -140,6 +142,9 @@ class SadTalkerEngine(Engine):
         self._last: tuple[int, int, np.ndarray] | None = None
         #: seconds of each warm-up frame of the last ``prepare`` (:func:`.batch.warm_up`)
         self.warmup_s: list[float] = []
+        #: the one thread that runs this engine's torch work (compiled graphs are per thread)
+        self.torch = TorchThread(stages.device)
+        self._warmed = False
 
     # -- Engine interface -------------------------------------------------------------------
 
@@ -167,16 +172,20 @@ class SadTalkerEngine(Engine):
             Path(image_path),
             self.config,
             self.name,
-            precompute=lambda av: precompute(self.stages, av, self.size, mode, self.full, self.detector),
+            precompute=lambda av: precompute(self.stages, av, self.size, mode, self.full, self.detector,
+                                             run=lambda job: self.torch.call(job, side=True)),
             detector=self.detector,
             cache_tag=tag,
         )
         if self.st.warmup_frames:
             # compilation and cuDNN autotuning happen per shape: warm every frame count up on
-            # CUDA or when compiled; eager on a CPU only initialises oneDNN: one frame does
+            # CUDA or when compiled; eager on a CPU only initialises oneDNN: one frame does.
+            # Once warmed, a swap's avatar needs one frame (its context on the device).
             slow_start = self.stages.device.type == "cuda" or self.stages.frame.compiled
-            n = self.st.warmup_frames if slow_start else 1
-            self.warmup_s = warm_up(self, avatar, n, self.st.catch_up_batch if slow_start else 1)
+            n = self.st.warmup_frames if slow_start and not self._warmed else 1
+            batch = self.st.catch_up_batch if slow_start and not self._warmed else 1
+            self.warmup_s = warm_up(self, avatar, n, batch, run=self.torch.call)
+            self._warmed = True
         return avatar
 
     def context(self, avatar: PreparedAvatar) -> AvatarContext:
@@ -186,14 +195,15 @@ class SadTalkerEngine(Engine):
         if ctx is not None and ctx.image is avatar.image:
             return ctx
         d, s = avatar.data, self.stages
-        dev, dt = s.device, s.dtype
+        dev = s.device
         ctx = AvatarContext(
             image=avatar.image,
             coeffs=SourceCoeffs.from_row(d["coeff"], self.full),
             kp_canonical=torch.from_numpy(d["kp_canonical"])[None].to(dev),
             kp_source=torch.from_numpy(d["kp_source"])[None].to(dev),
-            feature_3d=torch.from_numpy(d["feature_3d"])[None].to(dev, dt),
-            compressed=torch.from_numpy(d["compressed"])[None].to(dev, dt),
+            # float32 whatever the generator's dtype: the warps read them in float32 (generator.py)
+            feature_3d=torch.from_numpy(d["feature_3d"])[None].to(dev, torch.float32),
+            compressed=torch.from_numpy(d["compressed"])[None].to(dev, torch.float32),
             show=display(self.full, avatar.image, d, self.size),
         )
         self._contexts[key] = ctx
@@ -203,48 +213,59 @@ class SadTalkerEngine(Engine):
 
     def coefficient_window(self, window: AudioWindow, source: SourceCoeffs) -> tuple[int, np.ndarray]:
         """Feed one audio window to the streaming timeline: (clip frame shown, its C×27 window)."""
+        frame, semantic = self.device_window(window, source)
+        return frame, semantic.cpu().numpy()
+
+    def device_window(self, window: AudioWindow, source: SourceCoeffs) -> tuple[int, torch.Tensor]:
+        """:meth:`coefficient_window` with the window left on the device (the live path)."""
         centre = int(round(window.t * window.sample_rate))
         self.timeline.set_source(source)
         self.timeline.ingest(window.samples, centre - self._spec.before, window.end)
         frame = coeff_frame(window.t)
-        return self.timeline.clip_frame(frame), self.timeline.window(frame, source)
+        return self.timeline.clip_frame(frame), self.timeline.window_tensor(frame, source)
 
     def render(self, window: AudioWindow, avatar: PreparedAvatar) -> np.ndarray:
+        return self.torch.call(self._render, window, avatar)
+
+    def _render(self, window: AudioWindow, avatar: PreparedAvatar) -> np.ndarray:
         ctx = self.context(avatar)
-        frame, semantic = self.coefficient_window(window, ctx.coeffs)
+        frame, semantic = self.device_window(window, ctx.coeffs)
         return self._frame(frame, semantic, ctx)
 
     #: the live worker may hand a backlog of windows to ``render_batch`` (:mod:`.batch`)
     batch_catch_up = True
 
     def render_batch(self, windows: list[AudioWindow], avatar: PreparedAvatar) -> list[np.ndarray]:
-        return render_batch(self, windows, avatar)
+        return self.torch.call(render_batch, self, windows, avatar)
 
     def render_clip(self, samples: np.ndarray, avatar: PreparedAvatar, fps: int) -> Iterator[np.ndarray]:
         """The offline form: the whole clip's coefficients as the reference computes them
         (remainder pose chunk, end clamping, the short-clip blink rule), then one frame per
         video frame; video frame i shows coefficient frame round(25 i / fps), the last one past
         the clip's end. samples: 16 kHz float32 mono."""
-        ctx = self.context(avatar)
-        tl = clip_timeline(self.stages.audio, samples, ctx.coeffs, self.timeline.p,
-                           ratio=self.clip_blinks(len(samples)), latents=Latents(self.st.seed + 1))
+        ctx = self.torch.call(self.context, avatar)
+        tl = self.torch.call(lambda: clip_timeline(self.stages.audio, samples, ctx.coeffs, self.timeline.p,
+                                                   ratio=self.clip_blinks(len(samples)), latents=Latents(self.st.seed + 1)))
+
+        def one(frame: int) -> np.ndarray:
+            return self._frame(frame, tl.window_tensor(frame, ctx.coeffs), ctx)
+
         for i in range(frame_count(len(samples), SAMPLE_RATE, fps)):
-            frame = tl.clip_frame(coeff_frame(i / fps))
-            yield self._frame(frame, tl.window(frame, ctx.coeffs), ctx)
+            yield self.torch.call(one, tl.clip_frame(coeff_frame(i / fps)))
 
     def clip_blinks(self, num_samples: int) -> np.ndarray:
         """The blink ratio of a whole clip (the reference's rule; zeros with blink off)."""
         t = max(1, num_samples // self.timeline.p.samples_per_frame)
         return reference_blinks(t, self.st.seed) if self.st.blink else np.zeros(t, np.float32)
 
-    def _frame(self, frame: int, semantic: np.ndarray, ctx: AvatarContext) -> np.ndarray:
+    def _frame(self, frame: int, semantic: torch.Tensor, ctx: AvatarContext) -> np.ndarray:
         if self._last is not None and self._last[:2] == (frame, id(ctx)):
             return self._last[2]  # video faster than 25 fps: same coefficient frame
         out = self.compose(self.render_face(semantic, ctx), ctx)
         self._last = (frame, id(ctx), out)
         return out
 
-    def render_face(self, semantic: np.ndarray, ctx: AvatarContext) -> np.ndarray:
+    def render_face(self, semantic: np.ndarray | torch.Tensor, ctx: AvatarContext) -> np.ndarray:
         """The face crop for one C×27 semantic window: size×size×3 uint8."""
         return to_uint8(predictions(self, semantic[None], ctx))[0]
 
@@ -254,12 +275,24 @@ class SadTalkerEngine(Engine):
         return ctx.show(face)
 
     def reset(self) -> None:
+        self.torch.call(self._reset)
+
+    def _reset(self) -> None:
         self.timeline.reset()
         self._last = None
 
     def close(self) -> None:
+        """Release the avatars' device arrays and the compiled graphs, then end the torch thread."""
+        try:
+            self.torch.call(self._release)
+        except EngineError:  # closed already
+            return
+        self.torch.close()
+
+    def _release(self) -> None:
         self._contexts.clear()
         self._last = None
+        self.stages.frame.close()
         if self.stages.device.type == "cuda":
             torch.cuda.empty_cache()
 

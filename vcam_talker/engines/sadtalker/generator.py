@@ -96,8 +96,9 @@ class DenseMotionNetwork(nn.Module):
         b, c, d, h, w = compressed.shape
         k1 = self.num_kp + 1
         # under half precision the coordinate grids, Gaussians and warps stay float32: an 8-bit
-        # mantissa (bfloat16) moves a grid point by up to 1/128 of the volume (no-ops in float32)
-        dt = compressed.dtype
+        # mantissa (bfloat16) moves a grid point by up to 1/128 of the volume (no-ops in float32);
+        # the engine keeps the cached volume float32, so .float() copies nothing per frame
+        dt = self.hourglass.decoder.conv.weight.dtype
         kp_source, kp_driving = kp_source.float(), kp_driving.float()
         motions = self.sparse_motions(compressed.shape, kp_source, kp_driving)
         repeated = compressed.float().unsqueeze(1).expand(b, k1, c, d, h, w).reshape(b * k1, c, d, h, w)
@@ -108,7 +109,8 @@ class DenseMotionNetwork(nn.Module):
         prediction = self.hourglass(net_in)
 
         # float32 under half precision: a softmax over K+1 logits loses the small weights first
-        mask = F.softmax(self.mask(prediction).float(), dim=1)
+        # the mask conv too: its logits feed that softmax
+        mask = F.softmax(F.conv3d(prediction.float(), self.mask.weight.float(), self.mask.bias.float(), padding=3), dim=1)
         out = {"mask": mask}
         # the reference zeroes tiny weights without renormalising; this moves the output visibly
         cut = torch.where(mask < self.mask_threshold, torch.zeros_like(mask), mask)
@@ -156,7 +158,10 @@ class SPADEDecoder(nn.Module):
             x = getattr(self, f"G_middle_{i}")(x, seg)
         x = self.up_0(F.interpolate(x, scale_factor=2, mode="nearest"), seg)
         x = self.up_1(F.interpolate(x, scale_factor=2, mode="nearest"), seg)
-        return torch.sigmoid(self.conv_img(F.leaky_relu(x, 0.2)))
+        # the output conv in float32: its 3 channels are the pixels (a float32 island under half)
+        w = self.conv_img
+        x = F.leaky_relu(x, 0.2).float()
+        return torch.sigmoid(F.conv2d(x, w.weight.float(), w.bias.float() if w.bias is not None else None, padding=1))
 
 
 class OcclusionAwareSPADEGenerator(nn.Module):
@@ -232,7 +237,7 @@ class OcclusionAwareSPADEGenerator(nn.Module):
             compressed = self.compress_source(feature_3d)
         out = self.dense_motion_network.forward_compressed(compressed, kp_source, kp_driving)
         # the warp grid and the feature volume have the same DxH'xW' by construction
-        warped = grid_sample_3d(feature_3d.float(), out["deformation"]).to(feature_3d.dtype)
+        warped = grid_sample_3d(feature_3d.float(), out["deformation"]).to(self.fourth.weight.dtype)
         b, c, d, h, w = warped.shape
         x = self.fourth(self.third(warped.view(b, c * d, h, w)))
         occlusion = out.get("occlusion_map")

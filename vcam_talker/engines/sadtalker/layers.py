@@ -285,9 +285,33 @@ class SpectralNormConv2d(nn.Module):
         sigma = torch.dot(self.weight_u, torch.mv(w.reshape(w.shape[0], -1), self.weight_v))
         return w / sigma
 
+    def fold(self) -> None:
+        """Store the normalised weight once (call after loading, in float32): sigma never
+        changes in eval, so recomputing it each forward is waste. Not in the state dict."""
+        with torch.no_grad():
+            self.register_buffer("folded", self.normalized_weight().float().detach().clone(), persistent=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: BxCinxHxW -> BxCoutxHxW."""
-        return F.conv2d(x, self.normalized_weight(), self.bias, padding=self.padding)
+        w = self.folded if hasattr(self, "folded") else self.normalized_weight()
+        return F.conv2d(x, w, self.bias, padding=self.padding)
+
+
+def fold_spectral_norms(module: nn.Module) -> None:
+    """:meth:`SpectralNormConv2d.fold` on every spectral-norm conv (before any dtype cast)."""
+    for m in module.modules():
+        if isinstance(m, SpectralNormConv2d):
+            if m.weight_orig.dtype != torch.float32:
+                raise ValueError("fold_spectral_norms: fold the float32 weights, before the dtype cast")
+            m.fold()
+
+
+def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """InstanceNorm2d without affine, statistics in float32. Elementwise after the
+    statistics, so a channels_last input stays channels_last (InstanceNorm2d converts it)."""
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=(2, 3), keepdim=True, correction=0)
+    return ((xf - mean) * torch.rsqrt(var + eps)).to(x.dtype)
 
 
 class SPADE(nn.Module):
@@ -298,14 +322,13 @@ class SPADE(nn.Module):
 
     def __init__(self, norm_nc: int, label_nc: int, hidden: int = 128) -> None:
         super().__init__()
-        self.param_free_norm = nn.InstanceNorm2d(norm_nc, affine=False)
         self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, 3, padding=1), nn.ReLU())
         self.mlp_gamma = nn.Conv2d(hidden, norm_nc, 3, padding=1)
         self.mlp_beta = nn.Conv2d(hidden, norm_nc, 3, padding=1)
 
     def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         """x: BxCxHxW, seg: BxLxH'xW' -> BxCxHxW."""
-        normalized = self.param_free_norm(x.float()).to(x.dtype)  # float32 statistics under half precision
+        normalized = instance_norm(x)  # float32 statistics under half precision
         if seg.shape[2:] != x.shape[2:]:
             seg = F.interpolate(seg, size=x.shape[2:], mode="nearest")
         actv = self.mlp_shared(seg)

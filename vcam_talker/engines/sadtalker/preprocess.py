@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image
+
+from vcam_talker.lazycv2 import cv2
 
 #: the reference's ``xsize`` for the crop stage (only decides when to shrink)
 CROP_OUTPUT_SIZE = 512

@@ -42,9 +42,10 @@ class RowCache:
 
     @staticmethod
     def rows(store: dict[int, np.ndarray], wanted: np.ndarray, compute: Callable[[np.ndarray], np.ndarray],
-             final: Callable[[int], bool]) -> np.ndarray:
+             final: Callable[[int], bool], stack: Callable = np.stack) -> np.ndarray:
         """Rows ``wanted`` (N) -> N×D: cached ones from ``store``, the rest from ``compute``
-        (given the missing rows, ascending); those for which ``final(row)`` is true are kept."""
+        (given the missing rows, ascending); those for which ``final(row)`` is true are kept.
+        stack: how rows join (torch.stack for rows kept on the device)."""
         missing = sorted({int(r) for r in wanted} - store.keys())
         fresh: dict[int, np.ndarray] = {}
         if missing:
@@ -52,4 +53,4 @@ class RowCache:
                 fresh[r] = v
                 if final(r):
                     store[r] = v
-        return np.stack([store[r] if r in store else fresh[r] for r in (int(x) for x in wanted)])
+        return stack([store[r] if r in store else fresh[r] for r in (int(x) for x in wanted)])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -101,6 +101,7 @@ def prepare_arrays(
     mode: str,
     full: bool,
     detector: Callable[[], LandmarkDetector] | None = None,
+    run: Callable[[Callable[[], Any]], Any] = lambda job: job(),
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Everything render() needs from one photo (see ``SadTalkerEngine.prepare``).
 
@@ -122,14 +123,20 @@ def prepare_arrays(
                 "note": f"no face re-detected on the {size}px sadtalker source crop; its 3DMM fit uses "
                         "the photo's landmarks mapped into the crop"}
     aligned = align_for_recon(src, flip_landmarks_y(lm, size), LM3D_STD)
-    with torch.inference_mode():
-        coeffs = stages.source.coefficients(aligned.image)
-        row = coeff_3dmm_row(coeffs[None], aligned.trans_params)[0]
-        x = torch.from_numpy(np.ascontiguousarray(src.transpose(2, 0, 1))).float().div(255)[None]
-        enc = stages.source.encode(x)
-        window = SourceCoeffs.from_row(row, full).source_window()
-        kp_source = stages.motion(torch.from_numpy(window)[None], enc["kp_canonical"])
-    out = {k: v[0].float().cpu().numpy() for k, v in enc.items()}
+
+    def nets() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with torch.inference_mode():
+            coeffs = stages.source.coefficients(aligned.image)
+            row = coeff_3dmm_row(coeffs[None], aligned.trans_params)[0]
+            x = torch.from_numpy(np.ascontiguousarray(src.transpose(2, 0, 1))).float().div(255)[None]
+            enc = stages.source.encode(x)
+            window = SourceCoeffs.from_row(row, full).source_window()
+            kp_source = stages.motion(torch.from_numpy(window)[None], enc["kp_canonical"])
+            arrays = {k: v[0].float().cpu().numpy() for k, v in enc.items()}
+            arrays["kp_source"] = kp_source[0].float().cpu().numpy()
+        return row, arrays
+
+    row, out = run(nets)  # on the engine's torch thread; the landmark work above stays here
     framing = np.asarray(photo.framing, np.float64)
     x0, y0, w, h = paste_roi(face_to_frame(crop["box"], framing, size), size, frame.shape[1::-1])
     out.update(
@@ -140,7 +147,6 @@ def prepare_arrays(
         source_landmarks=np.asarray(lm, np.float32),
         trans_params=aligned.trans_params,
         coeff=row,
-        kp_source=kp_source[0].float().cpu().numpy(),
     )
     return out, info
 
@@ -152,12 +158,13 @@ def precompute(
     mode: str,
     full: bool,
     detector: Callable[[], LandmarkDetector] | None = None,
+    run: Callable[[Callable[[], Any]], Any] = lambda job: job(),
 ) -> dict[str, np.ndarray]:
     """``prepare_avatar``'s precompute: :func:`prepare_arrays` on the avatar's photo; what the
     3DMM alignment used goes to ``avatar.info`` (a note when re-detection found no face)."""
     if avatar.photo is None:
         raise EngineError("sadtalker: the avatar's photo is needed to prepare it (prepare it from the image file)")
-    data, info = prepare_arrays(stages, avatar.photo, avatar.image, size, mode, full, detector)
+    data, info = prepare_arrays(stages, avatar.photo, avatar.image, size, mode, full, detector, run)
     avatar.info["source_landmarks"] = info["source_landmarks"]
     if "note" in info:
         avatar.info.setdefault("notes", []).append(info["note"])

@@ -3,7 +3,6 @@ once by :func:`load_stages` and strict about every key (:mod:`.checkpoint`)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from torch import nn
 
 from vcam_talker.errors import CheckpointError, EngineError
 
-from .accel import compile_fn, use_channels_last
+from .accel import compile_fn, keep_float32_islands, use_channels_last
 from .audio2exp import Audio2Exp
 from .audio2pose import Audio2Pose
 from .audio_hparams import AudioHParams
@@ -23,37 +22,84 @@ from .face_recon import FaceReconNet, recon_input
 from .generator import OcclusionAwareSPADEGenerator
 from .hparams import RenderHParams
 from .keypoints import KPDetector, transform_keypoints
+from .layers import fold_spectral_norms
 from .mapping import MappingNet
 
 #: prefixes of the combined file; anything else in it is an error
 COMBINED_PREFIXES = ("kp_extractor.", "generator.", "audio2exp.", "audio2pose.", "face_3drecon.")
 
 
+#: the batch sizes the audio nets run at on CUDA (a batch pads up to one): cuDNN autotunes per
+#: shape, and live use meets 1..27 rows; :meth:`AudioStage.warm_up` warms each
+AUDIO_SIZES = (1, 4, 32)
+
+
+def _padded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """fn over x's rows along ``dim`` in chunks padded to :data:`AUDIO_SIZES` (rows are
+    independent in these nets, so padding changes none of them)."""
+    n, top = x.shape[dim], AUDIO_SIZES[-1]
+    if n == 0 or (n in AUDIO_SIZES):
+        return fn(x)
+    outs = []
+    for lo in range(0, n, top):
+        part = x.narrow(dim, lo, min(top, n - lo))
+        m = part.shape[dim]
+        size = next(s for s in AUDIO_SIZES if s >= m)
+        if size > m:
+            last = part.narrow(dim, m - 1, 1)
+            part = torch.cat([part, last.expand(*[size - m if d == dim else -1 for d in range(part.dim())])], dim)
+        outs.append(fn(part).narrow(dim, 0, m))
+    return torch.cat(outs, dim)
+
+
 class AudioStage:
-    """audio2exp + audio2pose, float32 on ``device``. Mel windows are N×80×16 float32."""
+    """audio2exp + audio2pose, float32 on ``device``. Mel windows are N×80×16 float32 (host
+    or device). Embeddings and expressions stay on the device; only a pose decode's rows come
+    back to the host (the numpy smoothing reads them), once per decode."""
 
     def __init__(self, a2e: Audio2Exp, a2p: Audio2Pose, device: torch.device) -> None:
         self.a2e, self.a2p, self.device = a2e, a2p, device
         self.seq_len = a2p.params.seq_len
+        self._pad = device.type == "cuda"
+        self._styles: dict[int, torch.Tensor] = {}
+
+    def _rows(self, fn, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        return _padded(fn, x, dim) if self._pad else fn(x)
 
     def exp_embed(self, mels: torch.Tensor) -> torch.Tensor:
-        """N×80×16 -> N×c4 audio embeddings (CPU)."""
-        return self.a2e.embed(mels.to(self.device)[:, None]).cpu()
+        """N×80×16 -> N×c4 audio embeddings (device)."""
+        return self._rows(lambda m: self.a2e.embed(m[:, None]), mels.to(self.device))
 
     def exp_head(self, emb: torch.Tensor, ref_exp: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-        """emb N×c4, ref_exp N×64, ratio N×1 -> N×64 expression coefficients (CPU)."""
+        """emb N×c4, ref_exp N×64, ratio N×1 -> N×64 expression coefficients (device)."""
         d = self.device
-        return self.a2e.head(emb.to(d), ref_exp.to(d), ratio.to(d)).cpu()
+        packed = torch.cat([emb.to(d), ref_exp.to(d), ratio.to(d)], 1)
+        c4, c64 = emb.shape[1], ref_exp.shape[1]
+        return self._rows(lambda p: self.a2e.head(p[:, :c4], p[:, c4:c4 + c64], p[:, c4 + c64:]), packed)
 
     def pose_embed(self, mels: torch.Tensor) -> torch.Tensor:
-        """N×80×16 -> N×c4 pose-encoder embeddings (CPU)."""
-        return self.a2p.audio_encoder(mels.to(self.device)[None, :, None])[0].cpu()
+        """N×80×16 -> N×c4 pose-encoder embeddings (device)."""
+        return self._rows(lambda m: self.a2p.audio_encoder(m[None, :, None])[0], mels.to(self.device))
 
     def pose_decode(self, emb: torch.Tensor, ref_pose: torch.Tensor, style: int, z: torch.Tensor) -> torch.Tensor:
-        """emb seq_len×c4, ref_pose 6, z 64 -> seq_len×6 head motion (CPU)."""
+        """emb seq_len×c4, ref_pose 6, z 64 -> seq_len×6 head motion, on the host: the one
+        device-to-host copy of a decode."""
         d = self.device
-        style_t = torch.tensor([int(style)], device=d)
+        style_t = self._styles.get(int(style))
+        if style_t is None:
+            style_t = self._styles[int(style)] = torch.tensor([int(style)], device=d)
         return self.a2p.netG.decoder(z.to(d)[None], style_t, ref_pose.to(d)[None], emb.to(d)[None])[0].cpu()
+
+    def warm_up(self, mel_shape: tuple[int, int]) -> None:
+        """Every padded size of every net once, on silence (mel_shape: mels × window)."""
+        d, p = self.device, self.a2p.params
+        with torch.inference_mode():
+            for n in AUDIO_SIZES if self._pad else (1,):
+                mels = torch.zeros(n, *mel_shape, device=d)
+                emb = self.exp_embed(mels)
+                self.exp_head(emb, torch.zeros(n, 64, device=d), torch.zeros(n, 1, device=d))
+                pose = self.pose_embed(mels)
+            self.pose_decode(pose[:1].expand(self.seq_len, -1), torch.zeros(p.pose_dim), 0, torch.zeros(p.latent_size))
 
 
 class SourceStage:
@@ -102,34 +148,41 @@ class MotionStage:
         return transform_keypoints(kp_canonical.to(self.device), motion, yaw=yaw, pitch=pitch, roll=roll)
 
 
+def _frame_fn(generator: OcclusionAwareSPADEGenerator) -> Callable[..., torch.Tensor]:
+    def frame(feature_3d, compressed, kp_source, kp_driving):
+        # expand inside: the compiled graph sees the cached 1-batch source tensors themselves
+        b = kp_driving.shape[0]
+        out = generator.forward_from_features(feature_3d.expand(b, -1, -1, -1, -1), kp_source.expand(b, -1, -1),
+                                              kp_driving, compressed=compressed.expand(b, -1, -1, -1, -1))
+        return out["prediction"]  # only the image leaves the graph
+    return frame
+
+
 class FrameStage:
     """The generator's per-frame part on a cached source.
 
-    feature_3d 1×Cf×D×h×w, compressed 1×C×D×h×w (generator dtype), kp_source / kp_driving
-    B×K×3 -> dict with ``prediction`` B×3×4h×4w in (0, 1) and the intermediates.
+    feature_3d 1×Cf×D×h×w, compressed 1×C×D×h×w (float32: the warps read them in float32),
+    kp_source 1×K×3, kp_driving B×K×3 (float32) -> prediction B×3×4h×4w in (0, 1), float32.
+    Compiled: one graph per batch size, owned by this object (:func:`.accel.own_code`); under
+    CUDA graphs the output is overwritten by the next call, so read it before calling again
+    (the engine does, on its one torch thread).
     """
 
     def __init__(self, generator: OcclusionAwareSPADEGenerator, dtype: torch.dtype, compile: bool | str = False) -> None:
         self.generator, self.dtype = generator, dtype
-        self._fn: Callable[..., dict[str, torch.Tensor]] = self._run
         self.compiled = bool(compile)
-        # compiled graphs (CUDA graphs above all) are not re-entrant; a swap's warm-up runs in
-        # another thread than the live frames
-        self._lock = threading.Lock()
+        self._fn: Callable[..., torch.Tensor] | None = _frame_fn(generator)
         if compile:
-            self._fn = compile_fn(self._run, compile if isinstance(compile, str) else "default")
+            self._fn = compile_fn(self._fn, compile if isinstance(compile, str) else "default")
 
-    def _run(self, feature_3d, compressed, kp_source, kp_driving):
-        return self.generator.forward_from_features(feature_3d, kp_source, kp_driving, compressed=compressed)
+    def __call__(self, feature_3d, compressed, kp_source, kp_driving) -> torch.Tensor:
+        if self._fn is None:
+            raise EngineError("sadtalker: the frame stage was closed")
+        return self._fn(feature_3d, compressed, kp_source, kp_driving)
 
-    def __call__(self, feature_3d, compressed, kp_source, kp_driving) -> dict[str, torch.Tensor]:
-        b = kp_driving.shape[0]
-        kp_s = kp_source.float().expand(b, -1, -1)  # keypoint geometry stays float32 (generator.py)
-        with self._lock:
-            out = self._fn(feature_3d.expand(b, -1, -1, -1, -1), compressed.expand(b, -1, -1, -1, -1), kp_s,
-                           kp_driving.float())
-            # CUDA graphs reuse their output memory on the next replay: copy out under the lock
-            return {k: v.clone() for k, v in out.items()} if self.compiled else out
+    def close(self) -> None:
+        """Drop the compiled graphs (their code object and cache go with the function)."""
+        self._fn = None
 
 
 @dataclass
@@ -182,6 +235,14 @@ def _load(ctor: Callable[[], nn.Module], state: dict, source: str, prefix: str, 
     return module.eval()
 
 
+def prepare_generator(gen: OcclusionAwareSPADEGenerator, device: torch.device, dtype: torch.dtype) -> None:
+    """Spectral norms folded in float32, then the cast to ``dtype`` with the float32 islands."""
+    fold_spectral_norms(gen)
+    gen.to(device=device, dtype=dtype)
+    if dtype != torch.float32:
+        keep_float32_islands(gen)
+
+
 def load_stages(
     layout: WeightLayout,
     render_hp: RenderHParams = RenderHParams(),
@@ -223,7 +284,7 @@ def load_stages(
     for m in (kp, a2e, a2p, mapping, recon):
         if m is not None:
             m.to(device)
-    gen.to(device=device, dtype=dtype)
+    prepare_generator(gen, device, dtype)
     if channels_last:
         use_channels_last(gen)
     return Stages(

@@ -279,12 +279,17 @@ class CoefficientTimeline(PoseTrack):
     def expression(self, rows: np.ndarray, source: SourceCoeffs) -> np.ndarray:
         """Expression coefficients of clip frames ``rows`` (embedded and held). N×64 float32,
         expression_scale applied."""
+        return self.expression_tensor(rows, source).cpu().numpy()
+
+    def expression_tensor(self, rows: np.ndarray, source: SourceCoeffs) -> torch.Tensor:
+        """:meth:`expression` on the nets' device (what the live window reads: no host copy)."""
         uniq, inv = np.unique(rows, return_inverse=True)
         emb = torch.stack([self._exp_emb[r - self._base] for r in uniq])
         ratio = torch.tensor([[self._ratio[r - self._base]] for r in uniq])
         with torch.inference_mode():
             exp = self.nets.exp_head(emb, torch.from_numpy(source.ref_exp)[None].expand(len(uniq), -1), ratio)
-        return (exp.numpy() * np.float32(self.p.expression_scale))[inv]
+            exp = exp * np.float32(self.p.expression_scale)
+            return exp if len(uniq) == len(rows) and (np.diff(rows) > 0).all() else exp[torch.from_numpy(inv)]
 
     def coefficients(self, rows: np.ndarray, source: SourceCoeffs, pose_rows: np.ndarray | None = None) -> np.ndarray:
         """Coefficient rows (exp ‖ pose [‖ crop]) of clip frames ``rows``: N×C float32.
@@ -295,11 +300,8 @@ class CoefficientTimeline(PoseTrack):
         parts = [exp, pose] + ([np.repeat(source.crop[None], len(rows), 0)] if source.crop is not None else [])
         return np.concatenate(parts, axis=1).astype(np.float32)
 
-    def window(self, display_frame: int, source: SourceCoeffs) -> np.ndarray:
-        """The C×27 semantic window shown at ``display_frame`` (C = 70, or 73 with a crop).
-
-        Rows clamp to the clip, to the audio seen so far and to ``lookahead`` frames ahead.
-        """
+    def _window_indices(self, display_frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """The clip frames of a window's 27 rows and of their (delayed) poses."""
         k = self.clip_frame(display_frame)
         top = self.frames_ready - 1
         if self.p.lookahead is not None:
@@ -309,21 +311,36 @@ class CoefficientTimeline(PoseTrack):
         rows = np.clip(np.arange(k - SEMANTIC_RADIUS, k + SEMANTIC_RADIUS + 1), 0, top)
         rows = np.maximum(rows, self._base)
         pose_rows = np.maximum(rows - self.p.pose_delay, 0)
-        return np.ascontiguousarray(self._window_rows(rows, source, pose_rows).T)
+        return rows, pose_rows
 
-    def _window_rows(self, rows: np.ndarray, source: SourceCoeffs, pose_rows: np.ndarray) -> np.ndarray:
+    def window(self, display_frame: int, source: SourceCoeffs) -> np.ndarray:
+        """The C×27 semantic window shown at ``display_frame`` (C = 70, or 73 with a crop), on
+        the host (offline arrays and tests; the live path reads :meth:`window_tensor`).
+
+        Rows clamp to the clip, to the audio seen so far and to ``lookahead`` frames ahead.
+        """
+        return self.window_tensor(display_frame, source).cpu().numpy()
+
+    def window_tensor(self, display_frame: int, source: SourceCoeffs) -> torch.Tensor:
+        """:meth:`window` on the nets' device: cached expression rows stay there, the pose
+        (numpy smoothing) and crop rows go up; nothing comes back to the host."""
+        rows, pose_rows = self._window_indices(display_frame)
+        return self._window_rows(rows, source, pose_rows).T
+
+    def _window_rows(self, rows: np.ndarray, source: SourceCoeffs, pose_rows: np.ndarray) -> torch.Tensor:
         """:meth:`coefficients` through the row cache: a row is kept once final (expression:
         once embedded; pose: once its 13-frame smoothing reads only decoded rows, the start's
         edge fit included; both until the clip's end redoes them)."""
         c = self._rows
         c.use(source)
-        exp = c.rows(c.exp, rows, lambda r: self.expression(r, source), lambda r: True)
+        exp = c.rows(c.exp, rows, lambda r: self.expression_tensor(r, source), lambda r: True, stack=torch.stack)
         if self.p.still:
             pose = np.repeat(source.ref_pose[None], len(rows), 0).astype(np.float32)
         else:
             pose = self._cached_pose(pose_rows, source)
-        parts = [exp, pose] + ([np.repeat(source.crop[None], len(rows), 0)] if source.crop is not None else [])
-        return np.concatenate(parts, axis=1).astype(np.float32)
+        parts = [pose] + ([np.repeat(source.crop[None], len(rows), 0)] if source.crop is not None else [])
+        host = torch.from_numpy(np.concatenate(parts, axis=1).astype(np.float32))
+        return torch.cat([exp, host.to(exp.device)], 1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The network (``vcam_talker/data/visemes.npz``) was trained here by
 ``scripts/train_visemes.py`` on phoneme-timed speech from espeak-ng and Festival in many
 voices and languages, with noise, reverb, gain and band-limiting. Inference is three
-matrix products, about 20 µs a frame.
+matrix products, about 20 µs an evaluation (two a frame).
 
 Features, shared by training and inference so they cannot drift apart: the 40-band log-mel
 frames (:class:`~vcam_talker.engines.classic.motion.LogMel`, 10 ms hop) centred from

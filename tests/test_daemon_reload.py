@@ -378,3 +378,67 @@ def test_editing_status_http_moves_the_endpoint(tmp_path):
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(f"http://127.0.0.1:{old_port}/status", timeout=2)
         d.terminate()
+
+
+def test_reload_errors_of_any_kind_and_a_full_queue_lose_nothing(tmp_path, monkeypatch, caplog):
+    """A reload whose engine raises something other than our own errors is refused and the
+    half-built engine closed; a fallback wanted while the control queue is full of reloads
+    still happens (it is a flag, not a queued request), and the overflowing reload too."""
+    from tests.recording_cam import RecordingCamera, register
+    from vcam_talker import reloads
+    from vcam_talker.config import from_dict
+    from vcam_talker.daemon import Daemon
+    from vcam_talker.engines.classic.engine import ClassicEngine
+
+    class BrokenEngine(ClassicEngine):
+        name = "broken"
+
+        def render(self, window, avatar):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    built = []
+
+    class PrepareFails(ClassicEngine):
+        def prepare(self, image_path):
+            if not built[1:]:  # the first keeps the control thread busy while errors pile up
+                time.sleep(2.0)
+            raise RuntimeError("a library bug, not a VcamError")
+
+        def close(self):
+            self.closed = True
+
+    def create_engine(cfg):
+        if cfg.engine.classic.lookahead_ms == 50:  # the reloads' config
+            built.append(PrepareFails(cfg))
+            return built[-1]
+        return ClassicEngine(cfg)  # the fallback's
+
+    monkeypatch.setattr(reloads, "create_engine", create_engine)
+    register()
+    base = base_config(0, status={"http": ""})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**base, "engine": {"classic": {"sway": 0.0, "lookahead_ms": 50}}}))
+    cfg = from_dict(base)
+    daemon = Daemon(cfg, engine=BrokenEngine(cfg), config_path=path)
+    with caplog.at_level("INFO", logger="vcam_talker"):
+        for i in range(16):  # the queue full before the control thread starts
+            daemon.request_reload(f"burst {i}")
+        daemon.start()
+        try:
+            for i in range(16, 24):  # and full again while the first reload blocks
+                daemon.request_reload(f"burst {i}")
+            deadline = time.monotonic() + 20
+            while daemon.status()["engine"] != "classic" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            st = daemon.status()
+            time.sleep(1.0)
+        finally:
+            daemon.stop()
+    msgs = [r.getMessage() for r in caplog.records]
+    assert st["engine"] == "classic", st
+    assert any("the reload (burst" in m and "waits as a flag" in m for m in msgs), msgs
+    refused = [m for m in msgs if "refused" in m and "RuntimeError: a library bug" in m]
+    assert daemon.reload_errors == len(built) == len(refused) >= 2
+    assert all(getattr(e, "closed", False) for e in built)  # no half-built engine left open
+    times, frames = RecordingCamera.instances[-1].snapshot()
+    check_frames_continuous(times, frames)

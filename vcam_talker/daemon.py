@@ -104,6 +104,7 @@ class Daemon(Reloads):
         self.last_error = ""
         self._consecutive_errors = 0
         self._fallback_pending = False
+        self._reload_overflow: str | None = None
         self._watcher = None
         self._http = None
 
@@ -260,15 +261,19 @@ class Daemon(Reloads):
                       " ".join(str(exc).split()))
         if (self._consecutive_errors >= FALLBACK_AFTER and self.active.engine.name != "classic"
                 and not self._fallback_pending):
-            self._fallback_pending = True
-            self._request(("fallback", None))
+            self._fallback_pending = True  # a flag the control loop polls: it cannot be dropped
+            self._request(("wake", None))
 
     # ---- control thread: reloads, retries, fallback ------------------------------------
     def _request(self, item) -> None:
         try:
             self._requests.put_nowait(item)
         except queue.Full:
-            pass
+            # a wake-up only hurries a flag the loop polls anyway; a reload is kept as a
+            # flag too (each reload re-reads the file, so one is as good as many)
+            if item[0] == "reload":
+                self._reload_overflow = item[1]
+                log.info("control: the request queue is full; the reload (%s) waits as a flag", item[1])
 
     def request_reload(self, reason: str = "request") -> None:
         """Thread-safe; called from signal handlers, the file watcher, the HTTP API."""
@@ -290,12 +295,18 @@ class Daemon(Reloads):
                 self._revive_video()
                 if kind == "reload":
                     self.reload(reason=arg)
-                elif kind == "fallback":
-                    self._fall_back()
-                elif kind == "reopen_output":  # a bigger output buffer (see _audio_headroom)
+                if self._reload_overflow is not None:
+                    reason, self._reload_overflow = self._reload_overflow, None
+                    self.reload(reason=reason)
+                if self._fallback_pending:
+                    if self.active.engine.name == "classic":
+                        self._fallback_pending = False
+                    else:
+                        self._fall_back()
+                if self._reopen_pending:  # a bigger output buffer (see _audio_headroom)
+                    self._reopen_pending = False
                     self.audio.stop_output()
                     self.audio.start_output(self.cfg.audio)
-                    self._reopen_pending = False
                     log.info("audio output reopened with a %.0f ms buffer (headroom %.0f ms after hiccups)",
                              1e3 * headroom.output_latency(self.audio_delay()), 1e3 * self.headroom.extra_s)
                 self.supervisor.check(time.monotonic())
@@ -380,8 +391,8 @@ class Daemon(Reloads):
         self.delay.headroom_s = self.headroom.extra_s
         if (not self._reopen_pending and headroom.reopen_wanted(st.latency_s, self.audio_delay())
                 and pb.in_pause(None)):
-            self._reopen_pending = True
-            self._request(("reopen_output", None))
+            self._reopen_pending = True  # the control loop polls the flag
+            self._request(("wake", None))
 
     def status(self) -> dict:
         return status_mod.status(self)

@@ -66,12 +66,12 @@ class Reloads:
             p = reload_plan.plan(old, new, old_spec, engine.window_spec, avatar_file_changed=avatar_file_changed)
             if p.engine or p.avatar:
                 avatar = engine.prepare(new.avatar_path())
-        except VcamError as exc:
+        except Exception as exc:  # a bug or a library's error must not end the reloads either
             if engine is not self.active.engine:
-                engine.close()
+                _close_quietly(engine)
             self.reload_errors += 1
-            self.last_error = str(exc)
-            log.error("reload (%s) refused, keeping the running avatar and config: %s", reason, exc)
+            self.last_error = _one_line(exc)
+            log.error("reload (%s) refused, keeping the running avatar and config: %s", reason, self.last_error)
             return []
         if p.engine or p.avatar:
             self._avatar_mtime = _mtime(new.avatar_path())
@@ -127,17 +127,24 @@ class Reloads:
         log.error("engine %s failed %d frames in a row; falling back to the classic engine", old.name,
                   self._consecutive_errors)
         cfg = dataclasses.replace(self.cfg, engine=dataclasses.replace(self.cfg.engine, name="classic"))
+        self._fallback_pending = False
+        engine = None
         try:
             engine = create_engine(cfg)
             avatar = engine.prepare(cfg.avatar_path())
-        except VcamError as exc:
-            log.error("classic fallback failed too: %s", exc)
+        except Exception as exc:
+            if engine is not None:
+                _close_quietly(engine)
+            # try again after as many failed frames again
+            self._consecutive_errors = 0
+            self.last_error = _one_line(exc)
+            log.error("classic fallback failed too (tried again after as many failed frames): %s", self.last_error)
             return
         # the classic engine's windows differ: the same plan as a reload decides the restart
         p = reload_plan.plan(self.cfg, cfg, old.window_spec, engine.window_spec)
         self._swap(engine, avatar, restart_video=p.video)
         self._consecutive_errors = 0
-        self._fallback_pending = False
+        self._fallback_pending = False  # errors of the old engine's last frames asked again
         memory.settle()  # the failed engine freed, the classic one frozen
 
     # ---- file watching -----------------------------------------------------------------
@@ -154,6 +161,18 @@ class Reloads:
     def _watch_avatar(self) -> None:
         p = self.cfg.avatar_path()
         self._watcher.watch(p, replace_tag="avatar")
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    return msg if isinstance(exc, VcamError) else f"{type(exc).__name__}: {msg}"
+
+
+def _close_quietly(engine: Engine) -> None:
+    try:
+        engine.close()
+    except Exception as exc:  # closing a half-built engine must not hide why it failed
+        log.warning("closing the half-built %s engine failed: %s", engine.name, _one_line(exc))
 
 
 def _mtime(p: Path) -> float:

@@ -23,7 +23,7 @@ from tests.lipsync import decode_frames
 
 VOICE = "en-gb-x-rp+m3"
 TEXTS = ["Maybe Bob can pump the bike by the mill.", "You move too soon, she sees three keys.",
-         "A map of the bay, a cab, a lamp."]
+         "I will call you back about the plan tomorrow."]
 OPEN_MOUTH_PHOTO = ROOT / "avatars" / "obama_2012.jpg"
 
 

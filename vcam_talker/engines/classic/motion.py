@@ -48,9 +48,12 @@ _OPEN_W = np.array([OPENING[v] for v in V.VISEMES], np.float32)
 _I = {v: i for i, v in enumerate(V.VISEMES)}
 #: glide time constants, ms (rise, fall): closing must land inside a 40 ms frame
 TAU_CLOSE = (8.0, 15.0)
-TAU_SHAPE = (35.0, 60.0)
+TAU_SHAPE = (25.0, 30.0)
 #: the lips start to shut when P(closed) passes SHUT_FROM and are shut SHUT_SPAN above it
 SHUT_FROM, SHUT_SPAN = 0.15, 0.25
+#: the loudness window's centre, ahead of the frame time (inside the lookahead): the jaw's
+#: attack and the shape glides lag the voice, and this centres the mouth on it again
+LOUD_LEAD_S = 0.03
 
 
 class LogMel:
@@ -123,7 +126,7 @@ class MotionModel:
         loud = db[self._loud]
         voiced = 10 * np.log10(np.power(10.0, loud[:, self.voiced] / 10).sum(1) + 1e-10)
         # weight the frame time most, the anticipation less
-        w = np.exp(-0.5 * ((centers[self._loud] - c) / (0.03 * self.sr)) ** 2)
+        w = np.exp(-0.5 * ((centers[self._loud] - c - LOUD_LEAD_S * self.sr) / (0.03 * self.sr)) ** 2)
         level = float(np.log10((w * 10 ** (voiced / 10)).sum() / w.sum() + 1e-10) * 10)
         ctx = db[self._ctx]  # (lookback + 1, context, bands): the frame time first
         self.viseme_peak = V.track_peak(self.viseme_peak, float(np.nan_to_num(V.frame_energy(ctx[0]).max(), nan=-100.0)),
